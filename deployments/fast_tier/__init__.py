@@ -1,0 +1,1 @@
+"""The fast tier: BERT-family taggers and relation classifier, trained here, served with ONNX Runtime."""

@@ -1,0 +1,84 @@
+"""The embedded default fast tier: built on first use from the shared annotated notes, then cached.
+
+Where things are (each overridable by an environment variable):
+- cache: `$CLINIE_HOME` (default `~/.cache/clinie`), models under `models/`;
+- training data: `$CLINIE_TRAIN_DATA` (default `../shared/data/kiwi-mtsamples/train` beside the repo);
+- a trained model to use instead of the default: `$CLINIE_MODEL_DIR`.
+The cache key covers the training config, the data and the package version, so a change to any of
+them builds a new model instead of serving a stale one. A file lock keeps two processes from
+building the same model at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import clinie
+from clinie.brat import corpus_hash, read_corpus
+from deployments.fast_tier.config import MANIFEST_NAME, TrainConfig
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def clinie_home() -> Path:
+    return Path(os.environ.get("CLINIE_HOME") or Path.home() / ".cache" / "clinie")
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("CLINIE_TRAIN_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "kiwi-mtsamples" / "train"
+
+
+def default_train_config(output_dir: Path | None = None, data_dir: Path | None = None) -> TrainConfig:
+    data = data_dir or default_data_dir()
+    return TrainConfig(data_dir=data, output_dir=output_dir or clinie_home() / "models" / "pending")
+
+
+def default_model_dir(data_dir: Path | None = None) -> Path:
+    """Where the default model for the current config, data and version lives (built or not)."""
+    cfg = default_train_config(data_dir=data_dir)
+    if not cfg.data_dir.is_dir():
+        raise FileNotFoundError(
+            f"no trained fast-tier model is configured and the training notes are not at {cfg.data_dir}; "
+            "set CLINIE_TRAIN_DATA to a brat folder, or CLINIE_MODEL_DIR / --model to a trained model"
+        )
+    key = hashlib.sha256(
+        (
+            cfg.model_dump_json(exclude={"output_dir", "data_dir"})
+            + corpus_hash(read_corpus(cfg.data_dir))
+            + clinie.__version__
+        ).encode()
+    ).hexdigest()[:12]
+    return clinie_home() / "models" / f"default-{key}"
+
+
+def ensure_default_model(data_dir: Path | None = None) -> Path:
+    """The default model's directory, training and exporting it first if it is not cached."""
+    target = default_model_dir(data_dir)
+    if (target / MANIFEST_NAME).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building it right now
+        if not (target / MANIFEST_NAME).exists():
+            from deployments.fast_tier.train import train
+
+            log.warning("building the embedded default fast-tier model into %s (first run only)", target)
+            train(default_train_config(output_dir=target, data_dir=data_dir))
+    return target
+
+
+def resolve_model_dir(explicit: str | Path | None = None) -> Path:
+    """`explicit` (e.g. --model), else `$CLINIE_MODEL_DIR`, else the embedded default (built if needed)."""
+    chosen = explicit or os.environ.get("CLINIE_MODEL_DIR")
+    if chosen:
+        path = Path(chosen)
+        if not (path / MANIFEST_NAME).exists():
+            raise FileNotFoundError(f"no trained fast-tier model at {path} ({MANIFEST_NAME} missing)")
+        return path
+    return ensure_default_model()

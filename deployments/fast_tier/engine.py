@@ -1,0 +1,298 @@
+"""The fast tier's inference engine: ONNX Runtime + a `tokenizers` tokenizer, no torch.
+
+`FastTierEngine.extract` is what `clinie extract`, the evaluation and the Ray Serve deployment call.
+It batches windows across notes (sorted by length, so padding stays small), stitches each note's
+window predictions back with exact offsets, decodes spans, classifies the allowed candidate pairs
+and assembles contract-shaped results.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from clinie.schema import (
+    EntitySpan,
+    ErrorBody,
+    ModifierSpan,
+    NoteError,
+    NoteResult,
+    Relation,
+    Route,
+)
+from clinie.windows import Sentence, split_sentences
+from deployments.fast_tier import features as F
+from deployments.fast_tier.config import MANIFEST_NAME, EngineConfig, ModelManifest
+
+
+class InputError(ValueError):
+    """A note the engine refuses, with a machine-readable code; the message never quotes the note."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class TaggerBackend(Protocol):
+    def __call__(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+class RelationBackend(Protocol):
+    def __call__(self, ids: np.ndarray, mask: np.ndarray, e_pos: np.ndarray, m_pos: np.ndarray) -> np.ndarray: ...
+
+
+def onnx_backends(cfg: EngineConfig) -> tuple[TaggerBackend, RelationBackend]:
+    """ONNX Runtime sessions for the configured precision and providers."""
+    import onnxruntime as ort
+
+    from deployments.fast_tier.export import RELATION_FILES, TAGGER_FILES
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if cfg.intra_op_threads:
+        opts.intra_op_num_threads = cfg.intra_op_threads
+    available = set(ort.get_available_providers())
+    providers = [p for p in cfg.providers if p in available] or ["CPUExecutionProvider"]
+    paths = [cfg.model_dir / TAGGER_FILES[cfg.precision], cfg.model_dir / RELATION_FILES[cfg.precision]]
+    for p in paths:
+        if not p.exists():
+            raise FileNotFoundError(f"missing ONNX file {p}; was the model exported with this precision?")
+    tagger = ort.InferenceSession(str(paths[0]), opts, providers=providers)
+    relation = ort.InferenceSession(str(paths[1]), opts, providers=providers)
+
+    def run_tagger(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ent, mod, pooled = tagger.run(None, {"input_ids": ids, "attention_mask": mask})
+        return ent, mod, pooled
+
+    def run_relation(ids: np.ndarray, mask: np.ndarray, e_pos: np.ndarray, m_pos: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": ids, "attention_mask": mask, "entity_pos": e_pos, "modifier_pos": m_pos}
+        return relation.run(None, feeds)[0]
+
+    return run_tagger, run_relation
+
+
+@dataclass
+class NoteAnalysis:
+    """Everything one fast-tier pass knows about a note (the router's signals are built from this)."""
+
+    note_id: str | None
+    text: str
+    sentences: list[Sentence]
+    entities: list[F.DecodedSpan]
+    modifiers: list[F.DecodedSpan]
+    relations: list[tuple[int, int, float]]  # (entity index, modifier index, probability)
+    token_offsets: list[tuple[int, int]]
+    entity_probs: np.ndarray  # [tokens, entity tags]
+    modifier_probs: np.ndarray  # [tokens, modifier tags]
+    embedding: np.ndarray  # [hidden] mean of window embeddings, weighted by window length
+    pair_probs: list[tuple[int, int, float]] = field(default_factory=list)  # every candidate pair
+    elapsed_ms: float = 0.0
+
+
+def validate_text(text: object, max_chars: int) -> str:
+    """The note as a str, or an InputError naming what is wrong."""
+    if not isinstance(text, str):
+        raise InputError("invalid_text", "note text must be a string")
+    if not text:
+        raise InputError("empty_text", "note text is empty")
+    if not text.strip():
+        raise InputError("empty_text", "note text contains only whitespace")
+    if len(text) > max_chars:
+        raise InputError("note_too_long", f"note has {len(text)} characters; the limit is {max_chars}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError("invalid_text", f"note text is not valid Unicode (lone surrogate at {exc.start})") from exc
+    return text
+
+
+def confidence_signals(a: NoteAnalysis) -> dict[str, float]:
+    """Lowest and mean span confidence of a note (1.0 when it has no span)."""
+    confs = [s.confidence for s in [*a.entities, *a.modifiers]]
+    if not confs:
+        return {"min_span_confidence": 1.0, "mean_span_confidence": 1.0}
+    return {
+        "min_span_confidence": round(min(confs), 4),
+        "mean_span_confidence": round(float(np.mean(confs)), 4),
+    }
+
+
+class FastTierEngine:
+    """Runs a trained fast tier on notes."""
+
+    def __init__(
+        self,
+        cfg: EngineConfig,
+        backends: tuple[TaggerBackend, RelationBackend] | None = None,
+    ):
+        manifest_path = Path(cfg.model_dir) / MANIFEST_NAME
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"no fast-tier model at {cfg.model_dir} ({MANIFEST_NAME} missing)")
+        self.cfg = cfg
+        self.manifest = ModelManifest.model_validate_json(manifest_path.read_text())
+        self.tokenizer = F.load_tokenizer(str(cfg.model_dir / "tokenizer.json"))
+        self.special = F.SpecialIds.of(self.tokenizer)
+        self.run_tagger, self.run_relation = backends or onnx_backends(cfg)
+
+    @property
+    def model_tag(self) -> str:
+        suffix = "" if self.cfg.precision == "int8" else f"+{self.cfg.precision}"
+        return self.manifest.tag + suffix
+
+    # -- public API -------------------------------------------------------------------------
+
+    def extract(
+        self,
+        notes: Sequence[tuple[str | None, object]],
+        progress: bool = False,
+        route: Callable[[NoteAnalysis], Route] | None = None,
+    ) -> list[NoteResult | NoteError]:
+        """Results in input order; a bad note gets a NoteError in its slot, the others still run."""
+        slots: list[NoteResult | NoteError | None] = [None] * len(notes)
+        valid: list[tuple[int, str | None, str]] = []
+        for i, (note_id, text) in enumerate(notes):
+            try:
+                valid.append((i, note_id, validate_text(text, self.cfg.max_note_chars)))
+            except InputError as err:
+                slots[i] = NoteError(note_id=note_id, error=ErrorBody(code=err.code, message=err.message))
+        analyses = self.analyze([(nid, text) for _, nid, text in valid], progress=progress)
+        for (i, _, _), analysis in zip(valid, analyses, strict=True):
+            slots[i] = self.to_result(analysis, route(analysis) if route else None)
+        return [s for s in slots if s is not None]
+
+    def analyze(self, notes: Sequence[tuple[str | None, str]], progress: bool = False) -> list[NoteAnalysis]:
+        """One fast-tier pass over validated notes."""
+        if not notes:
+            return []
+        t0 = time.perf_counter()
+        m = self.manifest
+        encoded = [F.encode_note(self.tokenizer, text, m.window_tokens, m.window_stride) for _, text in notes]
+        jobs = [(n, w) for n, enc in enumerate(encoded) for w in range(len(enc.windows))]
+        ent_probs = [np.zeros((len(e.ids), len(m.entity_tags)), np.float32) for e in encoded]
+        mod_probs = [np.zeros((len(e.ids), len(m.modifier_tags)), np.float32) for e in encoded]
+        emb_sum = [np.zeros(m.hidden_size, np.float32) for _ in encoded]
+        emb_weight = [0.0 for _ in encoded]
+        jobs.sort(key=lambda j: encoded[j[0]].windows[j[1]].end - encoded[j[0]].windows[j[1]].start)
+        bar = tqdm(total=len(jobs), desc="tag windows", unit="win", disable=not progress)
+        for b in range(0, len(jobs), self.cfg.batch_size):
+            batch = jobs[b : b + self.cfg.batch_size]
+            seqs = [F.window_inputs(encoded[n], encoded[n].windows[w], self.special) for n, w in batch]
+            ids, mask = F.pad_batch(seqs, self.special.pad)
+            ent, mod, pooled = self.run_tagger(ids, mask)
+            for row, (n, w) in enumerate(batch):
+                win = encoded[n].windows[w]
+                lo, hi = win.own_start - win.start + 1, win.own_end - win.start + 1
+                ent_probs[n][win.own_start : win.own_end] = ent[row, lo:hi]
+                mod_probs[n][win.own_start : win.own_end] = mod[row, lo:hi]
+                size = win.end - win.start
+                emb_sum[n] += pooled[row] * size
+                emb_weight[n] += size
+            bar.update(len(batch))
+        bar.close()
+
+        analyses = []
+        for n, (note_id, text) in enumerate(notes):
+            enc = encoded[n]
+            analyses.append(
+                NoteAnalysis(
+                    note_id=note_id,
+                    text=text,
+                    sentences=split_sentences(text),
+                    entities=F.decode_spans(ent_probs[n], enc.offsets, m.entity_tags),
+                    modifiers=F.decode_spans(mod_probs[n], enc.offsets, m.modifier_tags),
+                    relations=[],
+                    token_offsets=enc.offsets,
+                    entity_probs=ent_probs[n],
+                    modifier_probs=mod_probs[n],
+                    embedding=emb_sum[n] / max(emb_weight[n], 1.0),
+                )
+            )
+        self._relations(analyses, progress)
+        elapsed = (time.perf_counter() - t0) * 1000
+        total_tokens = sum(max(1, len(e.ids)) for e in encoded)
+        for a, enc in zip(analyses, encoded, strict=True):
+            a.elapsed_ms = elapsed * max(1, len(enc.ids)) / total_tokens  # batch time, shared by size
+        return analyses
+
+    def to_result(self, a: NoteAnalysis, route: Route | None = None) -> NoteResult:
+        """Contract-shaped result with ids T1.. (entities first, then modifiers, each by offset)."""
+        entities = [
+            EntitySpan(
+                id=f"T{i}",
+                type=s.label,
+                start=s.start,
+                end=s.end,
+                text=a.text[s.start : s.end],
+                confidence=round(s.confidence, 4),
+            )  # type: ignore[arg-type]
+            for i, s in enumerate(a.entities, 1)
+        ]
+        base = len(entities)
+        modifiers = [
+            ModifierSpan(
+                id=f"T{base + i}",
+                type=s.label,
+                start=s.start,
+                end=s.end,
+                text=a.text[s.start : s.end],
+                confidence=round(s.confidence, 4),
+            )  # type: ignore[arg-type]
+            for i, s in enumerate(a.modifiers, 1)
+        ]
+        relations = [
+            Relation(entity=entities[e].id, modifier=modifiers[mi].id, confidence=round(p, 4))
+            for e, mi, p in a.relations
+        ]
+        default_route = Route(tier="bert", escalated=False, reason="policy:fast-only", signals=confidence_signals(a))
+        return NoteResult(
+            note_id=a.note_id,
+            entities=entities,
+            modifiers=modifiers,
+            relations=relations,
+            route=route or default_route,
+            models={"bert": self.model_tag},
+            timings_ms={"bert": round(a.elapsed_ms, 2), "total": round(a.elapsed_ms, 2)},
+        )
+
+    # -- relations --------------------------------------------------------------------------
+
+    def _relations(self, analyses: list[NoteAnalysis], progress: bool) -> None:
+        m = self.manifest
+        jobs: list[tuple[int, int, int, list[int], int, int]] = []
+        for n, a in enumerate(analyses):
+            ents = [(s.label, s.start, s.end) for s in a.entities]
+            mods = [(s.label, s.start, s.end) for s in a.modifiers]
+            for p in F.candidate_pairs(ents, mods, a.sentences):
+                marked = F.marked_text(
+                    a.text,
+                    a.sentences[p.sentence],
+                    ents[p.entity],
+                    mods[p.modifier],
+                    m.relation_context_chars,
+                )
+                inputs = F.relation_inputs(self.tokenizer, self.special, marked, m.relation_max_tokens)
+                if inputs is not None:
+                    jobs.append((n, p.entity, p.modifier, *inputs))
+        jobs.sort(key=lambda j: len(j[3]))
+        bar = tqdm(total=len(jobs), desc="classify pairs", unit="pair", disable=not progress)
+        for b in range(0, len(jobs), self.cfg.batch_size):
+            batch = jobs[b : b + self.cfg.batch_size]
+            ids, mask = F.pad_batch([j[3] for j in batch], self.special.pad)
+            e_pos = np.array([j[4] for j in batch], dtype=np.int64)
+            m_pos = np.array([j[5] for j in batch], dtype=np.int64)
+            probs = self.run_relation(ids, mask, e_pos, m_pos)
+            for (n, ei, mi, *_), p in zip(batch, probs, strict=True):
+                analyses[n].pair_probs.append((ei, mi, float(p)))
+                if p >= m.relation_threshold:
+                    analyses[n].relations.append((ei, mi, float(p)))
+            bar.update(len(batch))
+        bar.close()
+        for a in analyses:
+            a.relations.sort()

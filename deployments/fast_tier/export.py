@@ -1,0 +1,102 @@
+"""Export to ONNX (fp32) and a dynamic int8 variant.
+
+`torch.onnx.export(..., dynamo=False)` (the TorchScript exporter, no onnxscript needed) with
+dynamic batch and sequence axes, then `onnxruntime.quantization.quantize_dynamic`. Fusing with
+optimum's ORTOptimizer first breaks shape inference for the quantizer, and optimum pins an older
+transformers, so neither is used; `DefaultTensorType=FLOAT` lets the quantizer type tensors whose
+shape inference gives up.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+from deployments.fast_tier.modeling import JointTagger, RelationClassifier, RelationForExport, TaggerForExport
+
+OPSET = 17
+TAGGER_FILES = {"fp32": "tagger.onnx", "int8": "tagger.int8.onnx"}
+RELATION_FILES = {"fp32": "relation.onnx", "int8": "relation.int8.onnx"}
+
+
+def _export(
+    module: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    axes: dict[str, dict[int, str]],
+) -> None:
+    module.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about python-side shape checks
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    onnx.checker.check_model(str(path))
+
+
+def quantize(src: Path, dst: Path) -> None:
+    """Dynamic int8 weights (MatMul/Gemm); activations quantized at run time."""
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        weight_type=QuantType.QInt8,
+        per_channel=False,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+
+def export_tagger(model: JointTagger, out_dir: Path, keep_fp32: bool = True) -> None:
+    ids = torch.ones((2, 12), dtype=torch.int64)
+    mask = torch.ones((2, 12), dtype=torch.int64)
+    seq = {0: "batch", 1: "sequence"}
+    fp32 = out_dir / TAGGER_FILES["fp32"]
+    _export(
+        TaggerForExport(model),
+        (ids, mask),
+        fp32,
+        ["input_ids", "attention_mask"],
+        ["entity_probs", "modifier_probs", "pooled"],
+        {"input_ids": seq, "attention_mask": seq, "entity_probs": seq, "modifier_probs": seq, "pooled": {0: "batch"}},
+    )
+    quantize(fp32, out_dir / TAGGER_FILES["int8"])
+    if not keep_fp32:
+        fp32.unlink()
+
+
+def export_relation(model: RelationClassifier, out_dir: Path, keep_fp32: bool = True) -> None:
+    ids = torch.ones((2, 12), dtype=torch.int64)
+    mask = torch.ones((2, 12), dtype=torch.int64)
+    pos = torch.tensor([1, 3], dtype=torch.int64)
+    seq = {0: "batch", 1: "sequence"}
+    fp32 = out_dir / RELATION_FILES["fp32"]
+    _export(
+        RelationForExport(model),
+        (ids, mask, pos, pos + 2),
+        fp32,
+        ["input_ids", "attention_mask", "entity_pos", "modifier_pos"],
+        ["related_prob"],
+        {
+            "input_ids": seq,
+            "attention_mask": seq,
+            "entity_pos": {0: "batch"},
+            "modifier_pos": {0: "batch"},
+            "related_prob": {0: "batch"},
+        },
+    )
+    quantize(fp32, out_dir / RELATION_FILES["int8"])
+    if not keep_fp32:
+        fp32.unlink()

@@ -1,0 +1,284 @@
+"""Pre- and post-processing shared by training and inference (no torch here).
+
+- Notes are tokenized whole with offsets, then cut into overlapping token windows
+  (`clinie.windows.token_windows`): nothing is truncated.
+- Tags are BIO per word-piece; decoding is a constrained Viterbi over the tag probabilities, so
+  an `I-x` never follows anything but `B-x`/`I-x`, and span offsets come from token offsets.
+- Relation inputs mark both arguments in the sentence with typed punctuation markers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from clinie.schema import ENTITY_TYPES, MODIFIER_TYPES, is_allowed_pair
+from clinie.windows import Sentence, TokenWindow, sentence_index, token_windows
+
+ENTITY_TAGS: tuple[str, ...] = ("O", *(f"{p}-{t}" for t in ENTITY_TYPES for p in ("B", "I")))
+MODIFIER_TAGS: tuple[str, ...] = ("O", *(f"{p}-{t}" for t in MODIFIER_TYPES for p in ("B", "I")))
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+    """A `tokenizer.json` with truncation and padding off (windows are made here)."""
+    tok = Tokenizer.from_file(path)
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
+@dataclass
+class SpecialIds:
+    """Ids of the tokens wrapped around every window."""
+
+    cls: int
+    sep: int
+    pad: int
+
+    @classmethod
+    def of(cls, tok: Tokenizer) -> SpecialIds:
+        ids = [tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")]
+        if any(i is None for i in ids):
+            raise ValueError("tokenizer has no [CLS]/[SEP]/[PAD] token; a BERT-family tokenizer is required")
+        return cls(*ids)  # type: ignore[arg-type]
+
+
+@dataclass
+class EncodedNote:
+    """A note's word-pieces with character offsets (tokens that cover no character are dropped)."""
+
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    windows: list[TokenWindow] = field(default_factory=list)
+
+
+def encode_note(tok: Tokenizer, text: str, window_tokens: int, stride: int) -> EncodedNote:
+    enc = tok.encode(text, add_special_tokens=False)
+    ids, offsets = [], []
+    for i, (s, e) in zip(enc.ids, enc.offsets, strict=True):
+        if e > s:
+            ids.append(i)
+            offsets.append((s, e))
+    return EncodedNote(ids=ids, offsets=offsets, windows=token_windows(len(ids), window_tokens, stride))
+
+
+def window_inputs(note: EncodedNote, window: TokenWindow, special: SpecialIds) -> list[int]:
+    return [special.cls, *note.ids[window.start : window.end], special.sep]
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad to the longest sequence: (input_ids, attention_mask) as int64."""
+    width = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = s
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def bio_tags(
+    offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[str, int, int]], tags: Sequence[str]
+) -> tuple[list[int], int]:
+    """Tag indices per token for `spans` (label, start, end); returns (tags, spans that collided).
+
+    A token belongs to a span when their character ranges overlap. When spans of one group
+    overlap, the longer one wins (it was sorted first) and the other is counted as a collision.
+    """
+    index = {t: i for i, t in enumerate(tags)}
+    out = [0] * len(offsets)
+    starts = [s for s, _ in offsets]
+    collisions = 0
+    for label, start, end in sorted(spans, key=lambda s: (-(s[2] - s[1]), s[1])):
+        lo = int(np.searchsorted(starts, start, side="right")) - 1
+        lo = max(lo, 0)
+        covered = []
+        i = lo
+        while i < len(offsets) and offsets[i][0] < end:
+            if offsets[i][1] > start:
+                covered.append(i)
+            i += 1
+        if not covered:
+            continue
+        if any(out[i] != 0 for i in covered):
+            collisions += 1
+            continue
+        out[covered[0]] = index[f"B-{label}"]
+        for i in covered[1:]:
+            out[i] = index[f"I-{label}"]
+    return out, collisions
+
+
+def _allowed_transitions(tags: Sequence[str]) -> np.ndarray:
+    n = len(tags)
+    allowed = np.ones((n, n), dtype=bool)
+    for j, t in enumerate(tags):
+        if t.startswith("I-"):
+            for i, prev in enumerate(tags):
+                allowed[i, j] = prev in (f"B-{t[2:]}", t)
+    return allowed
+
+
+_TRANSITIONS: dict[tuple[str, ...], np.ndarray] = {}
+
+
+def viterbi(probs: np.ndarray, tags: Sequence[str]) -> list[int]:
+    """Most likely valid BIO sequence for per-token tag probabilities `probs` [T, n_tags]."""
+    key = tuple(tags)
+    if key not in _TRANSITIONS:
+        _TRANSITIONS[key] = np.where(_allowed_transitions(tags), 0.0, -np.inf)
+    trans = _TRANSITIONS[key]
+    logp = np.log(np.clip(probs, 1e-9, 1.0))
+    start_ok = np.array([0.0 if not t.startswith("I-") else -np.inf for t in tags])
+    score = logp[0] + start_ok
+    back = np.zeros((len(probs), len(tags)), dtype=np.int64)
+    for t in range(1, len(probs)):
+        cand = score[:, None] + trans
+        back[t] = np.argmax(cand, axis=0)
+        score = cand[back[t], np.arange(len(tags))] + logp[t]
+    path = [int(np.argmax(score))]
+    for t in range(len(probs) - 1, 0, -1):
+        path.append(int(back[t, path[-1]]))
+    return path[::-1]
+
+
+@dataclass
+class DecodedSpan:
+    """A span decoded from tags, with its token range and token-probability statistics."""
+
+    label: str
+    start: int
+    end: int
+    token_start: int
+    token_end: int
+    confidence: float  # mean probability of the chosen tag over the span's tokens
+    min_prob: float  # lowest probability of the chosen tag over the span's tokens
+
+
+def decode_spans(probs: np.ndarray, offsets: Sequence[tuple[int, int]], tags: Sequence[str]) -> list[DecodedSpan]:
+    """Spans from per-token tag probabilities via constrained Viterbi decoding."""
+    if len(offsets) == 0:
+        return []
+    path = viterbi(probs, tags)
+    spans: list[DecodedSpan] = []
+    i = 0
+    while i < len(path):
+        tag = tags[path[i]]
+        if tag == "O":
+            i += 1
+            continue
+        label = tag[2:]
+        j = i + 1
+        while j < len(path) and tags[path[j]] == f"I-{label}":
+            j += 1
+        chosen = probs[np.arange(i, j), np.array(path[i:j])]
+        spans.append(
+            DecodedSpan(
+                label=label,
+                start=offsets[i][0],
+                end=offsets[j - 1][1],
+                token_start=i,
+                token_end=j,
+                confidence=float(chosen.mean()),
+                min_prob=float(chosen.min()),
+            )
+        )
+        i = j
+    return spans
+
+
+@dataclass
+class PairCandidate:
+    """An (entity, modifier) pair of an allowed type within one sentence."""
+
+    entity: int  # index into the note's entity list
+    modifier: int  # index into the note's modifier list
+    sentence: int
+
+
+def candidate_pairs(
+    entities: Sequence[tuple[str, int, int]],
+    modifiers: Sequence[tuple[str, int, int]],
+    sentences: Sequence[Sentence],
+) -> list[PairCandidate]:
+    """All allowed-type (entity, modifier) pairs whose spans start in the same sentence."""
+    by_sentence: dict[int, list[int]] = {}
+    for mi, (_, ms, _) in enumerate(modifiers):
+        by_sentence.setdefault(sentence_index(sentences, ms), []).append(mi)
+    out = []
+    for ei, (etype, es, _) in enumerate(entities):
+        si = sentence_index(sentences, es)
+        for mi in by_sentence.get(si, []):
+            if is_allowed_pair(etype, modifiers[mi][0]):
+                out.append(PairCandidate(entity=ei, modifier=mi, sentence=si))
+    return out
+
+
+def marked_text(
+    text: str,
+    sentence: Sentence,
+    entity: tuple[str, int, int],
+    modifier: tuple[str, int, int],
+    context_chars: int,
+) -> tuple[str, int, int]:
+    """The sentence (clipped to `context_chars` around the pair) with both arguments marked.
+
+    Typed punctuation markers, `@ * problem * chest pain @` and `# ^ negation ^ denies #`, need no
+    new vocabulary (any BERT tokenizer has them) and tell the classifier the pair's types.
+    Returns the marked text and the character positions of the opening `@` and `#`.
+    """
+    etype, es, ee = entity
+    mtype, ms, me = modifier
+    lo = max(sentence.start, min(es, ms) - context_chars)
+    hi = min(sentence.end, max(ee, me) + context_chars)
+    inserts = [
+        (es, 1, "e", f" @ * {etype} * "),
+        (ee, 0, "", " @ "),
+        (ms, 1, "m", f" # ^ {mtype} ^ "),
+        (me, 0, "", " # "),
+    ]
+    # Closers before openers at the same offset, so nested or touching spans stay well-formed.
+    inserts.sort(key=lambda x: (x[0], x[1]))
+    pieces: list[str] = []
+    length, cur, pos = 0, lo, {"e": -1, "m": -1}
+    for at, _, which, mark in inserts:
+        pieces.append(text[cur:at])
+        length += at - cur
+        if which:
+            pos[which] = length + 1  # the character after the leading space
+        pieces.append(mark)
+        length += len(mark)
+        cur = at
+    pieces.append(text[cur:hi])
+    return "".join(pieces), pos["e"], pos["m"]
+
+
+def relation_inputs(
+    tok: Tokenizer, special: SpecialIds, marked: tuple[str, int, int], max_tokens: int
+) -> tuple[list[int], int, int] | None:
+    """Token ids of a marked pair and the token positions of its two opening markers.
+
+    A pair whose markers are further apart than `max_tokens` allows is returned as None (the
+    caller counts it); otherwise the input is cut to a window that holds both markers.
+    """
+    text, e_char, m_char = marked
+    enc = tok.encode(text, add_special_tokens=False)
+    starts = [s for s, _ in enc.offsets]
+    try:
+        e_pos, m_pos = starts.index(e_char), starts.index(m_char)
+    except ValueError:
+        return None
+    ids = enc.ids
+    budget = max_tokens - 2
+    if len(ids) > budget:
+        lo_need, hi_need = min(e_pos, m_pos), max(e_pos, m_pos)
+        if hi_need - lo_need + 8 > budget:
+            return None
+        centre = (lo_need + hi_need) // 2
+        lo = max(0, min(centre - budget // 2, len(ids) - budget))
+        ids = ids[lo : lo + budget]
+        e_pos, m_pos = e_pos - lo, m_pos - lo
+    return [special.cls, *ids, special.sep], e_pos + 1, m_pos + 1

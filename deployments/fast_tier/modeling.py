@@ -1,0 +1,129 @@
+"""The fast tier's PyTorch modules (training, export and the eager baseline only; serving uses ONNX).
+
+- `JointTagger`: one BERT-family encoder with two token-classification heads, entity BIO (4 types)
+  and modifier BIO (16 types). Sharing the encoder halves the serving cost of the two taggers;
+  it also returns the mean-pooled encoder embedding, which the router's out-of-distribution
+  signal needs without a second pass.
+- `RelationClassifier`: the same kind of encoder over a sentence in which both arguments are
+  marked (`[E]..[/E]`, `[M]..[/M]`); the hidden states at `[E]` and `[M]` feed a binary head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModel
+
+
+def load_encoder(source: str | Path, from_config_only: bool = False) -> nn.Module:
+    """A BERT-family encoder from a local directory or a hub id (where the network allows)."""
+    if from_config_only:
+        return AutoModel.from_config(AutoConfig.from_pretrained(str(source)))
+    return AutoModel.from_pretrained(str(source))
+
+
+def _encode(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    # token_type_ids are always zero here; passing them keeps BERT from building its own buffer
+    # (which traces badly for ONNX on some versions).
+    out = encoder(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        token_type_ids=torch.zeros_like(input_ids),
+    )
+    return out.last_hidden_state
+
+
+class JointTagger(nn.Module):
+    def __init__(self, encoder: nn.Module, n_entity_tags: int, n_modifier_tags: int, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        hidden = encoder.config.hidden_size
+        self.dropout = nn.Dropout(dropout)
+        self.entity_head = nn.Linear(hidden, n_entity_tags)
+        self.modifier_head = nn.Linear(hidden, n_modifier_tags)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        hidden = _encode(self.encoder, input_ids, attention_mask)
+        x = self.dropout(hidden)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.entity_head(x), self.modifier_head(x), pooled
+
+
+class TaggerForExport(nn.Module):
+    """Probabilities instead of logits, so serving needs no softmax of its own."""
+
+    def __init__(self, tagger: JointTagger):
+        super().__init__()
+        self.tagger = tagger
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ent, mod, pooled = self.tagger(input_ids, attention_mask)
+        return ent.softmax(-1), mod.softmax(-1), pooled
+
+
+class RelationClassifier(nn.Module):
+    def __init__(self, encoder: nn.Module, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        hidden = encoder.config.hidden_size
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(2 * hidden, 2)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        entity_pos: torch.Tensor,
+        modifier_pos: torch.Tensor,
+    ) -> torch.Tensor:
+        hidden = _encode(self.encoder, input_ids, attention_mask)
+        size = hidden.shape[-1]
+        e = hidden.gather(1, entity_pos.view(-1, 1, 1).expand(-1, 1, size)).squeeze(1)
+        m = hidden.gather(1, modifier_pos.view(-1, 1, 1).expand(-1, 1, size)).squeeze(1)
+        return self.head(self.dropout(torch.cat([e, m], dim=-1)))
+
+
+class RelationForExport(nn.Module):
+    """Probability that the marked pair is related (`[B]`)."""
+
+    def __init__(self, model: RelationClassifier):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        entity_pos: torch.Tensor,
+        modifier_pos: torch.Tensor,
+    ) -> torch.Tensor:
+        return self.model(input_ids, attention_mask, entity_pos, modifier_pos).softmax(-1)[:, 1]
+
+
+def save_module(module: nn.Module, directory: Path) -> None:
+    """Weights as safetensors plus the encoder's config, enough to rebuild without the source."""
+    directory.mkdir(parents=True, exist_ok=True)
+    encoder = module.encoder  # type: ignore[attr-defined]
+    encoder.config.save_pretrained(directory)
+    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(directory / "weights.safetensors"))
+
+
+def load_tagger(directory: Path, n_entity_tags: int, n_modifier_tags: int) -> JointTagger:
+    model = JointTagger(load_encoder(directory, from_config_only=True), n_entity_tags, n_modifier_tags)
+    model.load_state_dict(load_file(str(directory / "weights.safetensors")))
+    return model.eval()
+
+
+def load_relation(directory: Path) -> RelationClassifier:
+    model = RelationClassifier(load_encoder(directory, from_config_only=True))
+    model.load_state_dict(load_file(str(directory / "weights.safetensors")))
+    return model.eval()

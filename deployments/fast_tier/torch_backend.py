@@ -1,0 +1,34 @@
+"""PyTorch eager backends over the saved training weights: the baseline the ONNX variants are
+measured against (benchmarks), and a check that export changed nothing. Serving never uses this."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deployments.fast_tier.config import MANIFEST_NAME, ModelManifest
+from deployments.fast_tier.engine import RelationBackend, TaggerBackend
+from deployments.fast_tier.modeling import RelationForExport, TaggerForExport, load_relation, load_tagger
+
+
+def torch_backends(model_dir: Path) -> tuple[TaggerBackend, RelationBackend]:
+    """fp32 eager modules with the same inputs and outputs as the ONNX graphs."""
+    weights = model_dir / "pytorch"
+    if not (weights / "tagger").is_dir():
+        raise FileNotFoundError(f"no PyTorch weights under {weights}; train with keep_pytorch=True")
+    manifest = ModelManifest.model_validate_json((model_dir / MANIFEST_NAME).read_text())
+    tagger = TaggerForExport(load_tagger(weights / "tagger", len(manifest.entity_tags), len(manifest.modifier_tags)))
+    relation = RelationForExport(load_relation(weights / "relation"))
+
+    @torch.inference_mode()
+    def run_tagger(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ent, mod, pooled = tagger(torch.from_numpy(ids), torch.from_numpy(mask))
+        return ent.numpy(), mod.numpy(), pooled.numpy()
+
+    @torch.inference_mode()
+    def run_relation(ids: np.ndarray, mask: np.ndarray, e_pos: np.ndarray, m_pos: np.ndarray) -> np.ndarray:
+        return relation(*(torch.from_numpy(x) for x in (ids, mask, e_pos, m_pos))).numpy()
+
+    return run_tagger, run_relation

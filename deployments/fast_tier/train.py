@@ -1,0 +1,356 @@
+"""`clinie train`: fit the joint entity/modifier tagger and the relation classifier, export, evaluate.
+
+One run writes a complete model directory: ONNX (fp32 and int8), tokenizers, `fast_tier.json`
+(what serving reads) and `model_card.json` (data hash, split, hyper-parameters, dev scores).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from clinie.brat import Document, corpus_hash, read_corpus
+from clinie.windows import split_sentences
+from deployments.fast_tier import features as F
+from deployments.fast_tier.config import CARD_NAME, MANIFEST_NAME, ModelManifest, TrainConfig, embedded_encoder_dir
+from deployments.fast_tier.modeling import JointTagger, RelationClassifier, load_encoder, save_module
+
+log = logging.getLogger(__name__)
+IGNORE = -100
+
+
+def split_corpus(docs: Sequence[Document], dev_size: int, seed: int) -> tuple[list[Document], list[Document]]:
+    """A fixed split: notes sorted by name, shuffled with `seed`, the first `dev_size` are dev."""
+    ordered = sorted(docs, key=lambda d: d.name)
+    random.Random(seed).shuffle(ordered)
+    dev = sorted(ordered[:dev_size], key=lambda d: d.name)
+    train = sorted(ordered[dev_size:], key=lambda d: d.name)
+    return train, dev
+
+
+@dataclass
+class TaggerExample:
+    ids: list[int]
+    entity_tags: list[int]
+    modifier_tags: list[int]
+
+
+@dataclass
+class RelationExample:
+    ids: list[int]
+    entity_pos: int
+    modifier_pos: int
+    label: int
+
+
+def tagger_examples(
+    docs: Sequence[Document], tok: F.Tokenizer, cfg: TrainConfig, special: F.SpecialIds
+) -> tuple[list[TaggerExample], int]:
+    examples, collisions = [], 0
+    for doc in docs:
+        note = F.encode_note(tok, doc.text, cfg.window_tokens, cfg.window_stride)
+        ent, c1 = F.bio_tags(note.offsets, [(s.label, s.start, s.end) for s in doc.entities], F.ENTITY_TAGS)
+        mod, c2 = F.bio_tags(note.offsets, [(s.label, s.start, s.end) for s in doc.modifiers], F.MODIFIER_TAGS)
+        collisions += c1 + c2
+        for w in note.windows:
+            examples.append(
+                TaggerExample(
+                    ids=F.window_inputs(note, w, special),
+                    entity_tags=[IGNORE, *ent[w.start : w.end], IGNORE],
+                    modifier_tags=[IGNORE, *mod[w.start : w.end], IGNORE],
+                )
+            )
+    return examples, collisions
+
+
+def relation_examples(
+    docs: Sequence[Document], tok: F.Tokenizer, cfg: TrainConfig, special: F.SpecialIds
+) -> tuple[list[RelationExample], int]:
+    examples, skipped = [], 0
+    for doc in docs:
+        sentences = split_sentences(doc.text)
+        ents, mods = doc.entities, doc.modifiers
+        gold = {(r.entity, r.modifier) for r in doc.relations}
+        pairs = F.candidate_pairs(
+            [(s.label, s.start, s.end) for s in ents], [(s.label, s.start, s.end) for s in mods], sentences
+        )
+        for p in pairs:
+            e, m = ents[p.entity], mods[p.modifier]
+            marked = F.marked_text(
+                doc.text,
+                sentences[p.sentence],
+                (e.label, e.start, e.end),
+                (m.label, m.start, m.end),
+                cfg.relation_context_chars,
+            )
+            inputs = F.relation_inputs(tok, special, marked, cfg.relation_max_tokens)
+            if inputs is None:
+                skipped += 1
+                continue
+            ids, e_pos, m_pos = inputs
+            examples.append(RelationExample(ids, e_pos, m_pos, int((e.id, m.id) in gold)))
+    return examples, skipped
+
+
+def _batches(lengths: Sequence[int], size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of similar lengths (less padding): sort within pools of 50 batches."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    pool = size * 50
+    batches = []
+    for p in range(0, len(order), pool):
+        chunk = sorted(order[p : p + pool], key=lambda i: lengths[i])
+        batches += [chunk[i : i + size] for i in range(0, len(chunk), size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (otherwise autocast is slower than fp32)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _fit(
+    model: torch.nn.Module,
+    lengths: Sequence[int],
+    loss_of: Callable[[list[int]], torch.Tensor],
+    epochs: float,
+    batch_size: int,
+    cfg: TrainConfig,
+    desc: str,
+) -> list[float]:
+    """AdamW with linear warm-up and decay; returns the mean loss of each epoch."""
+    rng = random.Random(cfg.seed)
+    if cfg.freeze_word_embeddings:
+        model.encoder.get_input_embeddings().weight.requires_grad_(False)  # type: ignore[attr-defined]
+    use_bf16 = cfg.bf16 == "on" or (cfg.bf16 == "auto" and native_bf16())
+    steps_per_epoch = math.ceil(len(lengths) / batch_size)
+    total = max(1, math.ceil(steps_per_epoch * epochs))
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    enc_lr = cfg.encoder_learning_rate or cfg.learning_rate
+    encoder_params = [p for p in model.encoder.parameters() if p.requires_grad]  # type: ignore[attr-defined]
+    enc_ids = {id(p) for p in model.encoder.parameters()}  # type: ignore[attr-defined]
+    head_params = [p for p in model.parameters() if id(p) not in enc_ids]
+    opt = torch.optim.AdamW(
+        [{"params": encoder_params, "lr": enc_lr}, {"params": head_params, "lr": cfg.learning_rate}],
+        weight_decay=cfg.weight_decay,
+    )
+    warmup = max(1, int(total * cfg.warmup_fraction))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
+    )
+    model.train()
+    losses: list[float] = []
+    step = 0
+    bar = tqdm(total=total, desc=desc, unit="step")
+    while step < total:
+        epoch_losses = []
+        for batch in _batches(lengths, batch_size, rng):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                loss = loss_of(batch)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            epoch_losses.append(loss.item())
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(epoch_losses[-20:]):.4f}")
+            if step >= total:
+                break
+        losses.append(float(np.mean(epoch_losses)))
+    bar.close()
+    model.eval()
+    return losses
+
+
+def train_tagger(
+    examples: list[TaggerExample], encoder_src: str, cfg: TrainConfig, pad: int
+) -> tuple[JointTagger, list[float]]:
+    model = JointTagger(load_encoder(encoder_src), len(F.ENTITY_TAGS), len(F.MODIFIER_TAGS))
+    ce = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
+
+    def loss_of(batch: list[int]) -> torch.Tensor:
+        ids, mask = F.pad_batch([examples[i].ids for i in batch], pad)
+        width = ids.shape[1]
+        ent = torch.tensor([examples[i].entity_tags + [IGNORE] * (width - len(examples[i].ids)) for i in batch])
+        mod = torch.tensor([examples[i].modifier_tags + [IGNORE] * (width - len(examples[i].ids)) for i in batch])
+        ent_logits, mod_logits, _ = model(torch.from_numpy(ids), torch.from_numpy(mask))
+        return ce(ent_logits.flatten(0, 1).float(), ent.flatten()) + ce(mod_logits.flatten(0, 1).float(), mod.flatten())
+
+    lengths = [len(e.ids) for e in examples]
+    losses = _fit(model, lengths, loss_of, cfg.tagger_epochs, cfg.batch_size, cfg, "train tagger")
+    return model, losses
+
+
+def train_relation(
+    examples: list[RelationExample], encoder_src: str, cfg: TrainConfig, pad: int
+) -> tuple[RelationClassifier, list[float]]:
+    model = RelationClassifier(load_encoder(encoder_src))
+    ce = torch.nn.CrossEntropyLoss()
+
+    def loss_of(batch: list[int]) -> torch.Tensor:
+        ids, mask = F.pad_batch([examples[i].ids for i in batch], pad)
+        e_pos = torch.tensor([examples[i].entity_pos for i in batch])
+        m_pos = torch.tensor([examples[i].modifier_pos for i in batch])
+        labels = torch.tensor([examples[i].label for i in batch])
+        return ce(model(torch.from_numpy(ids), torch.from_numpy(mask), e_pos, m_pos).float(), labels)
+
+    lengths = [len(e.ids) for e in examples]
+    losses = _fit(model, lengths, loss_of, cfg.relation_epochs, cfg.relation_batch_size, cfg, "train relations")
+    return model, losses
+
+
+def _tokenizer_from(encoder_src: str) -> F.Tokenizer:
+    """The encoder's fast tokenizer (works for checkpoints that ship only vocab.txt, too)."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(encoder_src)
+    backend = getattr(hf, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(f"encoder {encoder_src!r} has no fast tokenizer; a BERT-family checkpoint is required")
+    tok = F.Tokenizer.from_str(backend.to_str())
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
+def _version(cfg: TrainConfig, data_hash: str) -> str:
+    payload = cfg.model_dump_json(exclude={"data_dir", "output_dir", "threads", "export_fp32", "keep_pytorch"})
+    return hashlib.sha256((payload + data_hash).encode()).hexdigest()[:10]
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train, export and evaluate a fast tier into `cfg.output_dir`; returns that directory."""
+    from deployments.fast_tier.export import export_relation, export_tagger
+
+    t0 = time.perf_counter()
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    encoder_src = cfg.encoder or str(embedded_encoder_dir())
+    docs = read_corpus(cfg.data_dir)
+    if cfg.max_notes:
+        docs = docs[: cfg.max_notes]
+    data_hash = corpus_hash(docs)
+    if cfg.split == "all":
+        train_docs, dev_docs = list(docs), []
+    else:
+        if cfg.dev_size >= len(docs):
+            raise ValueError(f"dev_size {cfg.dev_size} leaves no training notes out of {len(docs)}")
+        train_docs, dev_docs = split_corpus(docs, cfg.dev_size, cfg.seed)
+
+    out = cfg.output_dir
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+
+    tok = _tokenizer_from(encoder_src)
+    special = F.SpecialIds.of(tok)
+    tok.save(str(staging / "tokenizer.json"))
+    tag_ex, collisions = tagger_examples(train_docs, tok, cfg, special)
+    log.info(
+        "tagger: %d windows from %d notes (%d overlapping spans dropped)", len(tag_ex), len(train_docs), collisions
+    )
+    tagger, tagger_losses = train_tagger(tag_ex, encoder_src, cfg, special.pad)
+
+    rel_ex, rel_skipped = relation_examples(train_docs, tok, cfg, special)
+    n_pos = sum(e.label for e in rel_ex)
+    log.info("relations: %d candidates (%d positive, %d too long)", len(rel_ex), n_pos, rel_skipped)
+    relation, relation_losses = train_relation(rel_ex, encoder_src, cfg, special.pad)
+
+    hidden = tagger.encoder.config.hidden_size
+    manifest = ModelManifest(
+        name=cfg.name,
+        version=_version(cfg, data_hash),
+        encoder=cfg.encoder or "embedded:all-MiniLM-L6-v2",
+        entity_tags=list(F.ENTITY_TAGS),
+        modifier_tags=list(F.MODIFIER_TAGS),
+        window_tokens=cfg.window_tokens,
+        window_stride=cfg.window_stride,
+        relation_max_tokens=cfg.relation_max_tokens,
+        relation_context_chars=cfg.relation_context_chars,
+        relation_threshold=cfg.relation_threshold,
+        hidden_size=hidden,
+    )
+    (staging / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
+    if cfg.keep_pytorch:
+        save_module(tagger, staging / "pytorch" / "tagger")
+        save_module(relation, staging / "pytorch" / "relation")
+    export_tagger(tagger, staging, keep_fp32=cfg.export_fp32)
+    export_relation(relation, staging, keep_fp32=cfg.export_fp32)
+    train_seconds = time.perf_counter() - t0
+
+    card: dict[str, object] = {
+        "model": manifest.tag,
+        "encoder": manifest.encoder,
+        "data": {
+            "dir": str(cfg.data_dir),
+            "hash": data_hash,
+            "notes": len(docs),
+            "split": cfg.split,
+            "split_rule": f"sorted by name, shuffled with random.Random({cfg.seed}), first {cfg.dev_size} are dev",
+            "train_notes": [d.name for d in train_docs],
+            "dev_notes": [d.name for d in dev_docs],
+            "reader_issues": _sum_issues(docs),
+        },
+        "hyper_parameters": cfg.model_dump(mode="json", exclude={"data_dir", "output_dir"}),
+        "training": {
+            "tagger_windows": len(tag_ex),
+            "overlapping_spans_dropped": collisions,
+            "relation_candidates": len(rel_ex),
+            "relation_positive": n_pos,
+            "relation_candidates_too_long": rel_skipped,
+            "tagger_epoch_loss": [round(x, 4) for x in tagger_losses],
+            "relation_epoch_loss": [round(x, 4) for x in relation_losses],
+            "seconds": round(train_seconds, 1),
+            "torch": torch.__version__,
+        },
+    }
+    if dev_docs:
+        card["dev_scores_int8"] = evaluate_dir(staging, dev_docs, "int8")
+    (staging / CARD_NAME).write_text(json.dumps(card, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return out
+
+
+def _sum_issues(docs: Sequence[Document]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for d in docs:
+        for k, v in d.issues.items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def evaluate_dir(model_dir: Path, docs: Sequence[Document], precision: str) -> dict[str, object]:
+    """Score a model directory's ONNX variant on gold documents (the serving code path)."""
+    from clinie.brat import document_from_result
+    from clinie.scoring import score_documents
+    from deployments.fast_tier.config import EngineConfig
+    from deployments.fast_tier.engine import FastTierEngine
+
+    engine = FastTierEngine(EngineConfig(model_dir=model_dir, precision=precision))  # type: ignore[arg-type]
+    results = engine.extract([(d.name, d.text) for d in docs], progress=True)
+    preds = {d.name: document_from_result(d.name, d.text, r) for d, r in zip(docs, results, strict=True)}
+    return score_documents(docs, preds).as_dict()

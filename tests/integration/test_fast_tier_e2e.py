@@ -1,0 +1,163 @@
+"""End to end on real parts: train a tiny fast tier on shared notes, export ONNX int8, extract, score.
+
+Training runs once per module (about a minute on 2 cores); everything else reuses the model.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clinie.brat import read_corpus
+from clinie.schema import NoteError, NoteResult, is_allowed_pair
+from deployments.fast_tier.config import EngineConfig, TrainConfig
+from deployments.fast_tier.engine import FastTierEngine
+from deployments.fast_tier.train import train
+
+pytestmark = pytest.mark.slow
+
+N_NOTES = 10
+DEV = 2
+
+
+@pytest.fixture(scope="module")
+def model_dir(train_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("fast") / "model"
+    cfg = TrainConfig(
+        data_dir=train_dir,
+        output_dir=out,
+        max_notes=N_NOTES,
+        dev_size=DEV,
+        tagger_epochs=30,
+        relation_epochs=3,
+        max_steps=70,
+        learning_rate=2e-4,
+    )
+    return train(cfg)
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir: Path) -> FastTierEngine:
+    return FastTierEngine(EngineConfig(model_dir=model_dir))
+
+
+def _check(result: NoteResult | NoteError, text: str) -> NoteResult:
+    assert isinstance(result, NoteResult), result
+    result.check_offsets(text)
+    types = {s.id: s.type for s in [*result.entities, *result.modifiers]}
+    for r in result.relations:
+        assert is_allowed_pair(types[r.entity], types[r.modifier])
+        assert 0.0 <= r.confidence <= 1.0
+    return result
+
+
+def test_artifacts_and_model_card(model_dir: Path):
+    for name in ("tagger.onnx", "tagger.int8.onnx", "relation.onnx", "relation.int8.onnx", "tokenizer.json"):
+        assert (model_dir / name).is_file(), name
+    card = json.loads((model_dir / "model_card.json").read_text())
+    data = card["data"]
+    assert len(data["hash"]) == 16 and data["notes"] == N_NOTES
+    assert len(data["dev_notes"]) == DEV and not set(data["dev_notes"]) & set(data["train_notes"])
+    assert card["hyper_parameters"]["seed"] == 13
+    assert "dev_scores_int8" in card and card["training"]["relation_candidates"] > 0
+    # The int8 variant is the smaller file: weights are stored as 8-bit integers.
+    assert (model_dir / "tagger.int8.onnx").stat().st_size < 0.5 * (model_dir / "tagger.onnx").stat().st_size
+
+
+def test_cli_extract_then_evaluate_shows_learning(model_dir: Path, train_dir: Path, tmp_path: Path):
+    card = json.loads((model_dir / "model_card.json").read_text())
+    gold = tmp_path / "gold"
+    gold.mkdir()
+    for name in card["data"]["train_notes"]:
+        for ext in (".txt", ".ann"):
+            (gold / f"{name}{ext}").write_bytes((train_dir / f"{name}{ext}").read_bytes())
+    pred = tmp_path / "pred.jsonl"
+    cli = [sys.executable, "-m", "serve_app.cli"]
+    run = subprocess.run(
+        [*cli, "extract", str(gold), "--model", str(model_dir), "--policy", "fast-only", "-o", str(pred)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(x) for x in pred.read_text().splitlines()]
+    assert [x["note_id"] for x in lines] == sorted(card["data"]["train_notes"])
+    for line in lines:
+        text = (gold / f"{line['note_id']}.txt").read_text(encoding="utf-8")
+        result = _check(NoteResult.model_validate(line), text)
+        assert result.route.reason == "policy:fast-only" and result.models["bert"]
+    run = subprocess.run([*cli, "evaluate", "--gold", str(gold), "--pred", str(pred)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    scores = json.loads(run.stdout)
+    # Predicting nothing scores 0; a model that learned from these notes is far above that.
+    assert scores["relaxed"]["entities"]["overall"]["f1"] > 0.5, scores["relaxed"]["entities"]["overall"]
+    assert scores["strict"]["entities"]["overall"]["f1"] > 0.3
+    assert scores["relaxed"]["modifiers"]["overall"]["f1"] > 0.2
+    assert scores["relaxed"]["relations"]["overall"]["tp"] > 0
+
+
+def test_bad_input_is_refused_by_name(engine: FastTierEngine):
+    notes = [
+        ("empty", ""),
+        ("blank", " \n\t\r\n "),
+        ("huge", "a" * (engine.cfg.max_note_chars + 1)),
+        ("surrogate", "pain \ud800 here"),
+        ("not-a-string", 42),
+        ("fine", "Denies chest pain."),
+    ]
+    results = engine.extract(notes)
+    codes = [r.error.code if isinstance(r, NoteError) else "ok" for r in results]
+    assert codes == ["empty_text", "empty_text", "note_too_long", "invalid_text", "invalid_text", "ok"]
+    assert [r.note_id for r in results] == [n for n, _ in notes]
+    for r in results[:-1]:
+        assert "pain" not in r.error.message and "aaaa" not in r.error.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The weather was pleasant and the garden was green.",  # nothing clinical in it
+        "Café patient, BP ≥ 140/90 😀, denies chest pain.\r\nAspirin 81 mg p.o. daily.\r\n",
+        "Denies\x00 fever\x07 or\x1b chills.\u200b Severe\u00a0headache.\tNo rash.",
+        "ＦＵＬＬＷＩＤＴＨ pain. İstanbul visit; ﬁbrosis noted.",
+    ],
+)
+def test_unusual_text_keeps_exact_offsets(engine: FastTierEngine, text: str):
+    (result,) = engine.extract([("u", text)])
+    _check(result, text)
+
+
+def test_long_note_is_windowed_not_truncated(engine: FastTierEngine, train_dir: Path):
+    doc = read_corpus(train_dir)[0]
+    (single,) = engine.extract([("one", doc.text)])
+    copies = 12  # ~50k characters, hundreds of windows
+    text = "\n".join([doc.text] * copies)
+    (long,) = engine.extract([("long", text)])
+    long = _check(long, text)
+    single = _check(single, doc.text)
+    assert len(long.entities) >= 0.9 * copies * len(single.entities)
+    # The last copy is reached: spans exist in its range.
+    last_copy = len(text) - len(doc.text)
+    assert any(e.start >= last_copy for e in long.entities)
+
+
+def test_non_utf8_file_and_mixed_batch_via_cli(model_dir: Path, tmp_path: Path):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "good.txt").write_text("Patient denies chest pain. Takes aspirin daily.", encoding="utf-8")
+    (notes / "latin1.txt").write_bytes("Caf\xe9 pain".encode("latin-1"))
+    (notes / "empty.txt").write_text("")
+    run = subprocess.run(
+        [sys.executable, "-m", "serve_app.cli", "extract", str(notes), "--model", str(model_dir), "-q"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    out = {json.loads(x)["note_id"]: json.loads(x) for x in run.stdout.splitlines()}
+    assert out["latin1"]["error"]["code"] == "invalid_encoding"
+    assert out["empty"]["error"]["code"] == "empty_text"
+    assert "entities" in out["good"]

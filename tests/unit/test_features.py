@@ -1,0 +1,127 @@
+"""Offsets through tokenization, windows and BIO decoding; relation candidates and markers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clinie.schema import is_allowed_pair
+from clinie.windows import split_sentences
+from deployments.fast_tier import features as F
+from deployments.fast_tier.config import embedded_encoder_dir
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return F.load_tokenizer(str(embedded_encoder_dir() / "tokenizer.json"))
+
+
+WORDS = ["chest", "pain", "Café", "≥", "5", "mg", "b.i.d.", "😀", "HbA1c", "x-ray", "no", "fever", "\x07"]
+SEPS = [" ", "  ", "\n", "\r\n", ", ", "\t"]
+
+
+@st.composite
+def note_with_spans(draw):
+    n = draw(st.integers(1, 40))
+    pieces, bounds, pos = [], [], 0
+    for i in range(n):
+        w = draw(st.sampled_from(WORDS))
+        bounds.append((pos, pos + len(w), w))
+        pieces.append(w)
+        pos += len(w)
+        if i < n - 1:
+            sep = draw(st.sampled_from(SEPS))
+            pieces.append(sep)
+            pos += len(sep)
+    text = "".join(pieces)
+    spans, i = [], 0
+    while i < n:
+        length = draw(st.integers(0, 3))
+        if length and bounds[i][2] != "\x07":
+            j = min(n, i + length)
+            if all(b[2] != "\x07" for b in bounds[i:j]):
+                spans.append((draw(st.sampled_from(["problem", "drug", "test"])), bounds[i][0], bounds[j - 1][1]))
+            i = j
+        else:
+            i += 1
+    return text, spans
+
+
+@settings(max_examples=60, deadline=None)
+@given(note_with_spans(), st.integers(4, 12), st.data())
+def test_bio_round_trip_through_windows_gives_exact_offsets(tok, case, window, data):
+    text, spans = case
+    stride = data.draw(st.integers(0, window - 1))
+    note = F.encode_note(tok, text, window, stride)
+    tags, collisions = F.bio_tags(note.offsets, spans, F.ENTITY_TAGS)
+    assert collisions == 0
+    # Predictions made per window and stitched back by ownership, as the engine does.
+    probs = np.zeros((len(note.ids), len(F.ENTITY_TAGS)), np.float32)
+    for w in note.windows:
+        for t in range(w.own_start, w.own_end):
+            probs[t, tags[t]] = 1.0
+    got = [(s.label, s.start, s.end) for s in F.decode_spans(probs, note.offsets, F.ENTITY_TAGS)]
+    assert got == sorted(spans, key=lambda s: s[1])
+    for _, s, e in got:
+        assert text[s:e].strip() == text[s:e] and text[s:e]
+
+
+@given(st.integers(1, 30), st.integers(0, 2**31 - 1))
+def test_viterbi_never_emits_an_orphan_inside_tag(n, seed):
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(len(F.MODIFIER_TAGS)), size=n).astype(np.float32)
+    path = [F.MODIFIER_TAGS[i] for i in F.viterbi(probs, F.MODIFIER_TAGS)]
+    for prev, cur in zip(["O", *path], path, strict=False):
+        if cur.startswith("I-"):
+            assert prev in (f"B-{cur[2:]}", cur)
+
+
+def test_overlapping_spans_keep_the_longer_and_count_the_other(tok):
+    text = "left knee pain today"
+    note = F.encode_note(tok, text, 50, 0)
+    tags, collisions = F.bio_tags(note.offsets, [("problem", 0, 14), ("problem", 5, 9)], F.ENTITY_TAGS)
+    assert collisions == 1
+    assert [F.ENTITY_TAGS[t] for t in tags] == ["B-problem", "I-problem", "I-problem", "O"]
+
+
+def test_candidate_pairs_are_allowed_and_within_a_sentence():
+    text = "Denies chest pain. Aspirin 81 mg daily."
+    sents = split_sentences(text)
+    ents = [("problem", 7, 17), ("drug", 19, 26)]
+    mods = [("negation", 0, 6), ("strength", 27, 32), ("frequency", 33, 38)]
+    pairs = F.candidate_pairs(ents, mods, sents)
+    got = {(ents[p.entity][0], mods[p.modifier][0]) for p in pairs}
+    assert got == {("problem", "negation"), ("drug", "strength"), ("drug", "frequency")}
+    assert all(is_allowed_pair(ents[p.entity][0], mods[p.modifier][0]) for p in pairs)
+
+
+@pytest.mark.parametrize(
+    ("entity", "modifier"),
+    [
+        (("problem", 10, 19), ("bodyloc", 5, 9)),
+        (("problem", 0, 14), ("bodyloc", 0, 9)),
+        (("drug", 0, 4), ("route", 4, 8)),
+    ],
+)
+def test_markers_point_at_their_tokens(tok, entity, modifier):
+    text = "left knee pain and more words here"
+    sent = split_sentences(text)[0]
+    marked = F.marked_text(text, sent, entity, modifier, 80)
+    s, e_char, m_char = marked
+    assert s[e_char] == "@" and s[m_char] == "#"
+    special = F.SpecialIds.of(tok)
+    ids, e_pos, m_pos = F.relation_inputs(tok, special, marked, 64)
+    assert ids[e_pos] == tok.token_to_id("@") and ids[m_pos] == tok.token_to_id("#")
+    assert ids[0] == special.cls and ids[-1] == special.sep
+
+
+def test_long_relation_input_is_cut_around_both_markers(tok):
+    text = " ".join(["word"] * 300) + " fever denies " + " ".join(["word"] * 300)
+    sent = split_sentences(text)[0]
+    start = text.index("fever")
+    marked = F.marked_text(text, sent, ("problem", start, start + 5), ("negation", start + 6, start + 12), 10_000)
+    ids, e_pos, m_pos = F.relation_inputs(tok, F.SpecialIds.of(tok), marked, 64)
+    assert len(ids) == 64
+    assert ids[e_pos] == tok.token_to_id("@") and ids[m_pos] == tok.token_to_id("#")
