@@ -6,13 +6,12 @@ Everything here is plain pydantic: the core imports no Ray and no model library,
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-ENTITY_TYPES: tuple[str, ...] = ("problem", "treatment", "drug", "test")
-
-MODIFIER_TYPES: tuple[str, ...] = (
+EntityType = Literal["problem", "treatment", "drug", "test"]
+ModifierType = Literal[
     "negation",
     "temporal",
     "severity",
@@ -29,7 +28,11 @@ MODIFIER_TYPES: tuple[str, ...] = (
     "route",
     "labvalue",
     "reference_range",
-)
+]
+
+
+ENTITY_TYPES: tuple[str, ...] = get_args(EntityType)
+MODIFIER_TYPES: tuple[str, ...] = get_args(ModifierType)
 
 # The 22 allowed (entity, modifier) pairs of the schema; any other relation is invalid output.
 ALLOWED_MODIFIERS: dict[str, tuple[str, ...]] = {
@@ -60,26 +63,6 @@ ALLOWED_PAIRS: frozenset[tuple[str, str]] = frozenset((e, m) for e, mods in ALLO
 RELATION_TYPE = "hasAttr"
 # brat files in the corpus also carry a few `hasTemporal` lines; the schema treats them as hasAttr.
 RELATION_ALIASES: dict[str, str] = {"hasAttr": RELATION_TYPE, "hasTemporal": RELATION_TYPE}
-
-EntityType = Literal["problem", "treatment", "drug", "test"]
-ModifierType = Literal[
-    "negation",
-    "temporal",
-    "severity",
-    "condition",
-    "uncertain",
-    "subject",
-    "bodyloc",
-    "course",
-    "strength",
-    "dosage",
-    "duration",
-    "form",
-    "frequency",
-    "route",
-    "labvalue",
-    "reference_range",
-]
 
 
 def is_allowed_pair(entity_type: str, modifier_type: str) -> bool:

@@ -45,7 +45,9 @@ class TaggerBackend(Protocol):
 
 
 class RelationBackend(Protocol):
-    def __call__(self, ids: np.ndarray, mask: np.ndarray, e_pos: np.ndarray, m_pos: np.ndarray) -> np.ndarray: ...
+    def __call__(
+        self, ids: np.ndarray, mask: np.ndarray, e_pos: np.ndarray, pair_batch: np.ndarray, m_pos: np.ndarray
+    ) -> np.ndarray: ...
 
 
 def onnx_backends(cfg: EngineConfig) -> tuple[TaggerBackend, RelationBackend]:
@@ -71,8 +73,16 @@ def onnx_backends(cfg: EngineConfig) -> tuple[TaggerBackend, RelationBackend]:
         ent, mod, pooled = tagger.run(None, {"input_ids": ids, "attention_mask": mask})
         return ent, mod, pooled
 
-    def run_relation(ids: np.ndarray, mask: np.ndarray, e_pos: np.ndarray, m_pos: np.ndarray) -> np.ndarray:
-        feeds = {"input_ids": ids, "attention_mask": mask, "entity_pos": e_pos, "modifier_pos": m_pos}
+    def run_relation(
+        ids: np.ndarray, mask: np.ndarray, e_pos: np.ndarray, pair_batch: np.ndarray, m_pos: np.ndarray
+    ) -> np.ndarray:
+        feeds = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "entity_pos": e_pos,
+            "pair_batch": pair_batch,
+            "modifier_pos": m_pos,
+        }
         return relation.run(None, feeds)[0]
 
     return run_tagger, run_relation
@@ -223,29 +233,22 @@ class FastTierEngine:
 
     def to_result(self, a: NoteAnalysis, route: Route | None = None) -> NoteResult:
         """Contract-shaped result with ids T1.. (entities first, then modifiers, each by offset)."""
-        entities = [
-            EntitySpan(
-                id=f"T{i}",
-                type=s.label,
-                start=s.start,
-                end=s.end,
-                text=a.text[s.start : s.end],
-                confidence=round(s.confidence, 4),
-            )  # type: ignore[arg-type]
-            for i, s in enumerate(a.entities, 1)
-        ]
-        base = len(entities)
-        modifiers = [
-            ModifierSpan(
-                id=f"T{base + i}",
-                type=s.label,
-                start=s.start,
-                end=s.end,
-                text=a.text[s.start : s.end],
-                confidence=round(s.confidence, 4),
-            )  # type: ignore[arg-type]
-            for i, s in enumerate(a.modifiers, 1)
-        ]
+
+        def spans(cls: type[EntitySpan] | type[ModifierSpan], decoded: list[F.DecodedSpan], first: int) -> list:
+            return [
+                cls(
+                    id=f"T{first + i}",
+                    type=s.label,
+                    start=s.start,
+                    end=s.end,
+                    text=a.text[s.start : s.end],
+                    confidence=round(s.confidence, 4),
+                )
+                for i, s in enumerate(decoded)
+            ]
+
+        entities = spans(EntitySpan, a.entities, 1)
+        modifiers = spans(ModifierSpan, a.modifiers, len(entities) + 1)
         relations = [
             Relation(entity=entities[e].id, modifier=modifiers[mi].id, confidence=round(p, 4))
             for e, mi, p in a.relations
@@ -265,34 +268,36 @@ class FastTierEngine:
 
     def _relations(self, analyses: list[NoteAnalysis], progress: bool) -> None:
         m = self.manifest
-        jobs: list[tuple[int, int, int, list[int], int, int]] = []
+        jobs: list[tuple[int, F.GroupInput]] = []
         for n, a in enumerate(analyses):
-            ents = [(s.label, s.start, s.end) for s in a.entities]
-            mods = [(s.label, s.start, s.end) for s in a.modifiers]
-            for p in F.candidate_pairs(ents, mods, a.sentences):
-                marked = F.marked_text(
-                    a.text,
-                    a.sentences[p.sentence],
-                    ents[p.entity],
-                    mods[p.modifier],
-                    m.relation_context_chars,
-                )
-                inputs = F.relation_inputs(self.tokenizer, self.special, marked, m.relation_max_tokens)
-                if inputs is not None:
-                    jobs.append((n, p.entity, p.modifier, *inputs))
-        jobs.sort(key=lambda j: len(j[3]))
-        bar = tqdm(total=len(jobs), desc="classify pairs", unit="pair", disable=not progress)
+            groups, _ = F.group_inputs(
+                self.tokenizer,
+                self.special,
+                a.text,
+                a.sentences,
+                [(s.label, s.start, s.end) for s in a.entities],
+                [(s.label, s.start, s.end) for s in a.modifiers],
+                m.relation_context_chars,
+                m.relation_max_tokens,
+            )
+            jobs += [(n, g) for g in groups]
+        jobs.sort(key=lambda j: len(j[1].ids))
+        bar = tqdm(total=len(jobs), desc="classify pairs", unit="input", disable=not progress)
         for b in range(0, len(jobs), self.cfg.batch_size):
             batch = jobs[b : b + self.cfg.batch_size]
-            ids, mask = F.pad_batch([j[3] for j in batch], self.special.pad)
-            e_pos = np.array([j[4] for j in batch], dtype=np.int64)
-            m_pos = np.array([j[5] for j in batch], dtype=np.int64)
-            probs = self.run_relation(ids, mask, e_pos, m_pos)
-            for (n, ei, mi, *_), p in zip(batch, probs, strict=True):
-                analyses[n].pair_probs.append((ei, mi, float(p)))
-                if p >= m.relation_threshold:
-                    analyses[n].relations.append((ei, mi, float(p)))
+            ids, mask = F.pad_batch([g.ids for _, g in batch], self.special.pad)
+            e_pos = np.array([g.entity_pos for _, g in batch], dtype=np.int64)
+            pair_batch = np.array([row for row, (_, g) in enumerate(batch) for _ in g.modifiers], dtype=np.int64)
+            m_pos = np.array([p for _, g in batch for p in g.modifier_pos], dtype=np.int64)
+            probs = iter(self.run_relation(ids, mask, e_pos, pair_batch, m_pos).tolist())
+            for n, g in batch:
+                for mi in g.modifiers:
+                    p = next(probs)
+                    analyses[n].pair_probs.append((g.entity, mi, p))
+                    if p >= m.relation_threshold:
+                        analyses[n].relations.append((g.entity, mi, p))
             bar.update(len(batch))
         bar.close()
         for a in analyses:
             a.relations.sort()
+            a.pair_probs.sort()

@@ -80,21 +80,24 @@ def export_tagger(model: JointTagger, out_dir: Path, keep_fp32: bool = True) -> 
 def export_relation(model: RelationClassifier, out_dir: Path, keep_fp32: bool = True) -> None:
     ids = torch.ones((2, 12), dtype=torch.int64)
     mask = torch.ones((2, 12), dtype=torch.int64)
-    pos = torch.tensor([1, 3], dtype=torch.int64)
+    e_pos = torch.tensor([1, 3], dtype=torch.int64)
+    pair_batch = torch.tensor([0, 0, 1], dtype=torch.int64)
+    m_pos = torch.tensor([4, 6, 8], dtype=torch.int64)
     seq = {0: "batch", 1: "sequence"}
     fp32 = out_dir / RELATION_FILES["fp32"]
     _export(
         RelationForExport(model),
-        (ids, mask, pos, pos + 2),
+        (ids, mask, e_pos, pair_batch, m_pos),
         fp32,
-        ["input_ids", "attention_mask", "entity_pos", "modifier_pos"],
+        ["input_ids", "attention_mask", "entity_pos", "pair_batch", "modifier_pos"],
         ["related_prob"],
         {
             "input_ids": seq,
             "attention_mask": seq,
             "entity_pos": {0: "batch"},
-            "modifier_pos": {0: "batch"},
-            "related_prob": {0: "batch"},
+            "pair_batch": {0: "pairs"},
+            "modifier_pos": {0: "pairs"},
+            "related_prob": {0: "pairs"},
         },
     )
     quantize(fp32, out_dir / RELATION_FILES["int8"])

@@ -221,64 +221,120 @@ def marked_text(
     text: str,
     sentence: Sentence,
     entity: tuple[str, int, int],
-    modifier: tuple[str, int, int],
+    modifiers: Sequence[tuple[str, int, int]],
     context_chars: int,
-) -> tuple[str, int, int]:
-    """The sentence (clipped to `context_chars` around the pair) with both arguments marked.
+) -> tuple[str, int, list[int]]:
+    """The sentence (clipped to `context_chars` around the spans) with the entity and its candidate
+    modifiers marked.
 
     Typed punctuation markers, `@ * problem * chest pain @` and `# ^ negation ^ denies #`, need no
-    new vocabulary (any BERT tokenizer has them) and tell the classifier the pair's types.
-    Returns the marked text and the character positions of the opening `@` and `#`.
+    new vocabulary (any BERT tokenizer has them) and tell the classifier each argument's type.
+    Marking all of an entity's candidates in one input classifies them in one encoder pass, and
+    lets the classifier see the competing modifiers. Returns the marked text and the character
+    positions of the entity's opening `@` and of each modifier's opening `#`.
     """
     etype, es, ee = entity
-    mtype, ms, me = modifier
-    lo = max(sentence.start, min(es, ms) - context_chars)
-    hi = min(sentence.end, max(ee, me) + context_chars)
-    inserts = [
-        (es, 1, "e", f" @ * {etype} * "),
-        (ee, 0, "", " @ "),
-        (ms, 1, "m", f" # ^ {mtype} ^ "),
-        (me, 0, "", " # "),
-    ]
-    # Closers before openers at the same offset, so nested or touching spans stay well-formed.
+    lo = max(sentence.start, min([es, *(m[1] for m in modifiers)]) - context_chars)
+    hi = min(sentence.end, max([ee, *(m[2] for m in modifiers)]) + context_chars)
+    # (offset, closers before openers, which argument opens here, marker text)
+    inserts: list[tuple[int, int, int, str]] = [(es, 1, -1, f" @ * {etype} * "), (ee, 0, -2, " @ ")]
+    for i, (mtype, ms, me) in enumerate(modifiers):
+        inserts += [(ms, 1, i, f" # ^ {mtype} ^ "), (me, 0, -2, " # ")]
     inserts.sort(key=lambda x: (x[0], x[1]))
     pieces: list[str] = []
-    length, cur, pos = 0, lo, {"e": -1, "m": -1}
+    length, cur = 0, lo
+    e_char, m_chars = -1, [-1] * len(modifiers)
     for at, _, which, mark in inserts:
         pieces.append(text[cur:at])
         length += at - cur
-        if which:
-            pos[which] = length + 1  # the character after the leading space
+        if which == -1:
+            e_char = length + 1  # the character after the marker's leading space
+        elif which >= 0:
+            m_chars[which] = length + 1
         pieces.append(mark)
         length += len(mark)
         cur = at
     pieces.append(text[cur:hi])
-    return "".join(pieces), pos["e"], pos["m"]
+    return "".join(pieces), e_char, m_chars
 
 
 def relation_inputs(
-    tok: Tokenizer, special: SpecialIds, marked: tuple[str, int, int], max_tokens: int
-) -> tuple[list[int], int, int] | None:
-    """Token ids of a marked pair and the token positions of its two opening markers.
+    tok: Tokenizer, special: SpecialIds, marked: tuple[str, int, list[int]], max_tokens: int
+) -> tuple[list[int], int, list[int]] | None:
+    """Token ids of a marked input and the token positions of its opening markers.
 
-    A pair whose markers are further apart than `max_tokens` allows is returned as None (the
-    caller counts it); otherwise the input is cut to a window that holds both markers.
+    None when the markers do not fit in `max_tokens`; otherwise the input is cut to a window
+    that holds all of them.
     """
-    text, e_char, m_char = marked
+    text, e_char, m_chars = marked
     enc = tok.encode(text, add_special_tokens=False)
-    starts = [s for s, _ in enc.offsets]
-    try:
-        e_pos, m_pos = starts.index(e_char), starts.index(m_char)
-    except ValueError:
+    where = {s: i for i, (s, _) in enumerate(enc.offsets)}
+    if e_char not in where or any(c not in where for c in m_chars):
         return None
+    e_pos, m_pos = where[e_char], [where[c] for c in m_chars]
     ids = enc.ids
     budget = max_tokens - 2
     if len(ids) > budget:
-        lo_need, hi_need = min(e_pos, m_pos), max(e_pos, m_pos)
+        lo_need, hi_need = min(e_pos, *m_pos), max(e_pos, *m_pos)
         if hi_need - lo_need + 8 > budget:
             return None
         centre = (lo_need + hi_need) // 2
         lo = max(0, min(centre - budget // 2, len(ids) - budget))
         ids = ids[lo : lo + budget]
-        e_pos, m_pos = e_pos - lo, m_pos - lo
-    return [special.cls, *ids, special.sep], e_pos + 1, m_pos + 1
+        e_pos, m_pos = e_pos - lo, [p - lo for p in m_pos]
+    return [special.cls, *ids, special.sep], e_pos + 1, [p + 1 for p in m_pos]
+
+
+@dataclass
+class GroupInput:
+    """One relation-classifier input: an entity and some of its candidate modifiers, marked."""
+
+    entity: int
+    modifiers: list[int]  # indices into the note's modifier list
+    ids: list[int]
+    entity_pos: int
+    modifier_pos: list[int]
+
+
+def group_inputs(
+    tok: Tokenizer,
+    special: SpecialIds,
+    text: str,
+    sentences: Sequence[Sentence],
+    entities: Sequence[tuple[str, int, int]],
+    modifiers: Sequence[tuple[str, int, int]],
+    context_chars: int,
+    max_tokens: int,
+) -> tuple[list[GroupInput], int]:
+    """Relation inputs for every entity with allowed candidates in its sentence.
+
+    An entity whose candidates do not fit in one input is split (nearest modifiers first) into
+    several; a pair too far apart to fit even alone is returned in the count of skipped pairs.
+    """
+    by_entity: dict[int, list[int]] = {}
+    sentence_of: dict[int, int] = {}
+    for p in candidate_pairs(entities, modifiers, sentences):
+        by_entity.setdefault(p.entity, []).append(p.modifier)
+        sentence_of[p.entity] = p.sentence
+    out: list[GroupInput] = []
+    skipped = 0
+
+    def build(ei: int, mods: list[int]) -> None:
+        nonlocal skipped
+        marked = marked_text(
+            text, sentences[sentence_of[ei]], entities[ei], [modifiers[m] for m in mods], context_chars
+        )
+        enc = relation_inputs(tok, special, marked, max_tokens)
+        if enc is not None:
+            out.append(GroupInput(ei, mods, enc[0], enc[1], enc[2]))
+        elif len(mods) == 1:
+            skipped += 1
+        else:
+            half = len(mods) // 2
+            build(ei, mods[:half])
+            build(ei, mods[half:])
+
+    for ei, mods in by_entity.items():
+        centre = (entities[ei][1] + entities[ei][2]) / 2
+        build(ei, sorted(mods, key=lambda m: abs((modifiers[m][1] + modifiers[m][2]) / 2 - centre)))
+    return out, skipped

@@ -4,8 +4,9 @@
   and modifier BIO (16 types). Sharing the encoder halves the serving cost of the two taggers;
   it also returns the mean-pooled encoder embedding, which the router's out-of-distribution
   signal needs without a second pass.
-- `RelationClassifier`: the same kind of encoder over a sentence in which both arguments are
-  marked (`[E]..[/E]`, `[M]..[/M]`); the hidden states at `[E]` and `[M]` feed a binary head.
+- `RelationClassifier`: the same kind of encoder over a sentence in which the entity and its
+  candidate modifiers are marked (typed punctuation markers); the hidden states at the entity's
+  and a modifier's opening markers feed a binary head.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ class TaggerForExport(nn.Module):
 
 
 class RelationClassifier(nn.Module):
+    """Scores pairs: each row of `pair_batch`/`modifier_pos` names an input and a modifier marker
+    in it; the pair's entity is that input's `entity_pos`. One encoder pass serves all of an
+    entity's candidate modifiers."""
+
     def __init__(self, encoder: nn.Module, dropout: float = 0.1):
         super().__init__()
         self.encoder = encoder
@@ -82,17 +87,19 @@ class RelationClassifier(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         entity_pos: torch.Tensor,
+        pair_batch: torch.Tensor,
         modifier_pos: torch.Tensor,
     ) -> torch.Tensor:
         hidden = _encode(self.encoder, input_ids, attention_mask)
-        size = hidden.shape[-1]
-        e = hidden.gather(1, entity_pos.view(-1, 1, 1).expand(-1, 1, size)).squeeze(1)
-        m = hidden.gather(1, modifier_pos.view(-1, 1, 1).expand(-1, 1, size)).squeeze(1)
+        width = hidden.shape[1]
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        e = flat.index_select(0, pair_batch * width + entity_pos.index_select(0, pair_batch))
+        m = flat.index_select(0, pair_batch * width + modifier_pos)
         return self.head(self.dropout(torch.cat([e, m], dim=-1)))
 
 
 class RelationForExport(nn.Module):
-    """Probability that the marked pair is related (`[B]`)."""
+    """Probability that each listed pair is related."""
 
     def __init__(self, model: RelationClassifier):
         super().__init__()
@@ -103,9 +110,10 @@ class RelationForExport(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         entity_pos: torch.Tensor,
+        pair_batch: torch.Tensor,
         modifier_pos: torch.Tensor,
     ) -> torch.Tensor:
-        return self.model(input_ids, attention_mask, entity_pos, modifier_pos).softmax(-1)[:, 1]
+        return self.model(input_ids, attention_mask, entity_pos, pair_batch, modifier_pos).softmax(-1)[:, 1]
 
 
 def save_module(module: nn.Module, directory: Path) -> None:

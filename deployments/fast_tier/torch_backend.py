@@ -28,7 +28,9 @@ def torch_backends(model_dir: Path) -> tuple[TaggerBackend, RelationBackend]:
         return ent.numpy(), mod.numpy(), pooled.numpy()
 
     @torch.inference_mode()
-    def run_relation(ids: np.ndarray, mask: np.ndarray, e_pos: np.ndarray, m_pos: np.ndarray) -> np.ndarray:
-        return relation(*(torch.from_numpy(x) for x in (ids, mask, e_pos, m_pos))).numpy()
+    def run_relation(
+        ids: np.ndarray, mask: np.ndarray, e_pos: np.ndarray, pair_batch: np.ndarray, m_pos: np.ndarray
+    ) -> np.ndarray:
+        return relation(*(torch.from_numpy(x) for x in (ids, mask, e_pos, pair_batch, m_pos))).numpy()
 
     return run_tagger, run_relation

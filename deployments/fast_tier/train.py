@@ -51,8 +51,8 @@ class TaggerExample:
 class RelationExample:
     ids: list[int]
     entity_pos: int
-    modifier_pos: int
-    label: int
+    modifier_pos: list[int]
+    labels: list[int]
 
 
 def tagger_examples(
@@ -78,29 +78,25 @@ def tagger_examples(
 def relation_examples(
     docs: Sequence[Document], tok: F.Tokenizer, cfg: TrainConfig, special: F.SpecialIds
 ) -> tuple[list[RelationExample], int]:
+    """Gold entities with their allowed candidate modifiers (same sentence), each pair labelled."""
     examples, skipped = [], 0
     for doc in docs:
-        sentences = split_sentences(doc.text)
         ents, mods = doc.entities, doc.modifiers
         gold = {(r.entity, r.modifier) for r in doc.relations}
-        pairs = F.candidate_pairs(
-            [(s.label, s.start, s.end) for s in ents], [(s.label, s.start, s.end) for s in mods], sentences
+        groups, n_skipped = F.group_inputs(
+            tok,
+            special,
+            doc.text,
+            split_sentences(doc.text),
+            [(s.label, s.start, s.end) for s in ents],
+            [(s.label, s.start, s.end) for s in mods],
+            cfg.relation_context_chars,
+            cfg.relation_max_tokens,
         )
-        for p in pairs:
-            e, m = ents[p.entity], mods[p.modifier]
-            marked = F.marked_text(
-                doc.text,
-                sentences[p.sentence],
-                (e.label, e.start, e.end),
-                (m.label, m.start, m.end),
-                cfg.relation_context_chars,
-            )
-            inputs = F.relation_inputs(tok, special, marked, cfg.relation_max_tokens)
-            if inputs is None:
-                skipped += 1
-                continue
-            ids, e_pos, m_pos = inputs
-            examples.append(RelationExample(ids, e_pos, m_pos, int((e.id, m.id) in gold)))
+        skipped += n_skipped
+        for g in groups:
+            labels = [int((ents[g.entity].id, mods[m].id) in gold) for m in g.modifiers]
+            examples.append(RelationExample(g.ids, g.entity_pos, g.modifier_pos, labels))
     return examples, skipped
 
 
@@ -210,9 +206,11 @@ def train_relation(
     def loss_of(batch: list[int]) -> torch.Tensor:
         ids, mask = F.pad_batch([examples[i].ids for i in batch], pad)
         e_pos = torch.tensor([examples[i].entity_pos for i in batch])
-        m_pos = torch.tensor([examples[i].modifier_pos for i in batch])
-        labels = torch.tensor([examples[i].label for i in batch])
-        return ce(model(torch.from_numpy(ids), torch.from_numpy(mask), e_pos, m_pos).float(), labels)
+        pair_batch = torch.tensor([row for row, i in enumerate(batch) for _ in examples[i].labels])
+        m_pos = torch.tensor([p for i in batch for p in examples[i].modifier_pos])
+        labels = torch.tensor([y for i in batch for y in examples[i].labels])
+        logits = model(torch.from_numpy(ids), torch.from_numpy(mask), e_pos, pair_batch, m_pos)
+        return ce(logits.float(), labels)
 
     lengths = [len(e.ids) for e in examples]
     losses = _fit(model, lengths, loss_of, cfg.relation_epochs, cfg.relation_batch_size, cfg, "train relations")
@@ -275,8 +273,15 @@ def train(cfg: TrainConfig) -> Path:
     tagger, tagger_losses = train_tagger(tag_ex, encoder_src, cfg, special.pad)
 
     rel_ex, rel_skipped = relation_examples(train_docs, tok, cfg, special)
-    n_pos = sum(e.label for e in rel_ex)
-    log.info("relations: %d candidates (%d positive, %d too long)", len(rel_ex), n_pos, rel_skipped)
+    n_pairs = sum(len(e.labels) for e in rel_ex)
+    n_pos = sum(sum(e.labels) for e in rel_ex)
+    log.info(
+        "relations: %d inputs, %d candidate pairs (%d positive, %d too far apart)",
+        len(rel_ex),
+        n_pairs,
+        n_pos,
+        rel_skipped,
+    )
     relation, relation_losses = train_relation(rel_ex, encoder_src, cfg, special.pad)
 
     hidden = tagger.encoder.config.hidden_size
@@ -297,8 +302,12 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.keep_pytorch:
         save_module(tagger, staging / "pytorch" / "tagger")
         save_module(relation, staging / "pytorch" / "relation")
+    bar = tqdm(total=2, desc="export ONNX fp32 + int8", unit="model")
     export_tagger(tagger, staging, keep_fp32=cfg.export_fp32)
+    bar.update(1)
     export_relation(relation, staging, keep_fp32=cfg.export_fp32)
+    bar.update(1)
+    bar.close()
     train_seconds = time.perf_counter() - t0
 
     card: dict[str, object] = {
@@ -318,9 +327,10 @@ def train(cfg: TrainConfig) -> Path:
         "training": {
             "tagger_windows": len(tag_ex),
             "overlapping_spans_dropped": collisions,
-            "relation_candidates": len(rel_ex),
+            "relation_inputs": len(rel_ex),
+            "relation_candidates": n_pairs,
             "relation_positive": n_pos,
-            "relation_candidates_too_long": rel_skipped,
+            "relation_candidates_too_far_apart": rel_skipped,
             "tagger_epoch_loss": [round(x, 4) for x in tagger_losses],
             "relation_epoch_loss": [round(x, 4) for x in relation_losses],
             "seconds": round(train_seconds, 1),

@@ -98,30 +98,51 @@ def test_candidate_pairs_are_allowed_and_within_a_sentence():
 
 
 @pytest.mark.parametrize(
-    ("entity", "modifier"),
+    ("entity", "modifiers"),
     [
-        (("problem", 10, 19), ("bodyloc", 5, 9)),
-        (("problem", 0, 14), ("bodyloc", 0, 9)),
-        (("drug", 0, 4), ("route", 4, 8)),
+        (("problem", 10, 19), [("bodyloc", 5, 9)]),
+        (("problem", 0, 14), [("bodyloc", 0, 9), ("severity", 15, 18)]),
+        (("drug", 0, 4), [("route", 4, 8), ("form", 4, 8)]),
     ],
 )
-def test_markers_point_at_their_tokens(tok, entity, modifier):
+def test_markers_point_at_their_tokens(tok, entity, modifiers):
     text = "left knee pain and more words here"
     sent = split_sentences(text)[0]
-    marked = F.marked_text(text, sent, entity, modifier, 80)
-    s, e_char, m_char = marked
-    assert s[e_char] == "@" and s[m_char] == "#"
+    marked = F.marked_text(text, sent, entity, modifiers, 80)
+    s, e_char, m_chars = marked
+    assert s[e_char] == "@" and all(s[c] == "#" for c in m_chars)
     special = F.SpecialIds.of(tok)
     ids, e_pos, m_pos = F.relation_inputs(tok, special, marked, 64)
-    assert ids[e_pos] == tok.token_to_id("@") and ids[m_pos] == tok.token_to_id("#")
+    assert ids[e_pos] == tok.token_to_id("@") and all(ids[p] == tok.token_to_id("#") for p in m_pos)
     assert ids[0] == special.cls and ids[-1] == special.sep
+    # Each modifier's type word follows its own marker.
+    for (mtype, _, _), c in zip(modifiers, m_chars, strict=True):
+        assert s[c:].startswith(f"# ^ {mtype} ^ ")
 
 
-def test_long_relation_input_is_cut_around_both_markers(tok):
-    text = " ".join(["word"] * 300) + " fever denies " + " ".join(["word"] * 300)
-    sent = split_sentences(text)[0]
-    start = text.index("fever")
-    marked = F.marked_text(text, sent, ("problem", start, start + 5), ("negation", start + 6, start + 12), 10_000)
-    ids, e_pos, m_pos = F.relation_inputs(tok, F.SpecialIds.of(tok), marked, 64)
-    assert len(ids) == 64
-    assert ids[e_pos] == tok.token_to_id("@") and ids[m_pos] == tok.token_to_id("#")
+def test_groups_split_when_candidates_do_not_fit(tok):
+    filler = " ".join(["word"] * 30)
+    text = f"denies {filler} fever {filler} no word word mild"
+    sents = split_sentences(text)
+    fever = text.index("fever")
+    ents = [("problem", fever, fever + 5)]
+    mods = [
+        ("negation", 0, 6),
+        ("negation", text.index(" no ") + 1, text.index(" no ") + 3),
+        ("severity", text.index("mild"), text.index("mild") + 4),
+    ]
+    special = F.SpecialIds.of(tok)
+    groups, skipped = F.group_inputs(tok, special, text, sents, ents, mods, 10_000, 64)
+    assert skipped == 0 and len(groups) > 1
+    assert sorted(m for g in groups for m in g.modifiers) == [0, 1, 2]
+    for g in groups:
+        assert len(g.ids) <= 64
+        assert g.ids[g.entity_pos] == tok.token_to_id("@")
+        assert all(g.ids[p] == tok.token_to_id("#") for p in g.modifier_pos)
+    # A pair further apart than the budget is counted, not silently kept or cut.
+    far = f"denies {' '.join(['word'] * 200)} fever"
+    f_at = far.index("fever")
+    groups, skipped = F.group_inputs(
+        tok, special, far, split_sentences(far), [("problem", f_at, f_at + 5)], [("negation", 0, 6)], 10_000, 64
+    )
+    assert groups == [] and skipped == 1
