@@ -35,7 +35,6 @@ def model_dir(train_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
         tagger_epochs=30,
         relation_epochs=3,
         max_steps=70,
-        learning_rate=2e-4,
     )
     return train(cfg)
 
