@@ -52,17 +52,20 @@ class EncodedNote:
 
     ids: list[int]
     offsets: list[tuple[int, int]]
+    words: list[int] = field(default_factory=list)  # pre-tokenizer word index of each word-piece
     windows: list[TokenWindow] = field(default_factory=list)
 
 
 def encode_note(tok: Tokenizer, text: str, window_tokens: int, stride: int) -> EncodedNote:
     enc = tok.encode(text, add_special_tokens=False)
-    ids, offsets = [], []
-    for i, (s, e) in zip(enc.ids, enc.offsets, strict=True):
+    ids, offsets, words = [], [], []
+    for i, (s, e), w in zip(enc.ids, enc.offsets, enc.word_ids, strict=True):
         if e > s:
             ids.append(i)
             offsets.append((s, e))
-    return EncodedNote(ids=ids, offsets=offsets, windows=token_windows(len(ids), window_tokens, stride))
+            words.append(-1 if w is None else w)
+    windows = token_windows(len(ids), window_tokens, stride)
+    return EncodedNote(ids=ids, offsets=offsets, words=words, windows=windows)
 
 
 def window_inputs(note: EncodedNote, window: TokenWindow, special: SpecialIds) -> list[int]:
@@ -158,8 +161,17 @@ class DecodedSpan:
     min_prob: float  # lowest probability of the chosen tag over the span's tokens
 
 
-def decode_spans(probs: np.ndarray, offsets: Sequence[tuple[int, int]], tags: Sequence[str]) -> list[DecodedSpan]:
-    """Spans from per-token tag probabilities via constrained Viterbi decoding."""
+def decode_spans(
+    probs: np.ndarray,
+    offsets: Sequence[tuple[int, int]],
+    tags: Sequence[str],
+    words: Sequence[int] | None = None,
+) -> list[DecodedSpan]:
+    """Spans from per-token tag probabilities via constrained Viterbi decoding.
+
+    With `words` (the word index of each word-piece), a span that starts or ends inside a word is
+    widened to the whole word: annotations never split a word, word-pieces sometimes do.
+    """
     if len(offsets) == 0:
         return []
     path = viterbi(probs, tags)
@@ -175,18 +187,26 @@ def decode_spans(probs: np.ndarray, offsets: Sequence[tuple[int, int]], tags: Se
         while j < len(path) and tags[path[j]] == f"I-{label}":
             j += 1
         chosen = probs[np.arange(i, j), np.array(path[i:j])]
+        lo, hi = i, j
+        if words is not None:
+            while lo > 0 and words[lo - 1] == words[lo] != -1:
+                lo -= 1
+            while hi < len(words) and words[hi] == words[hi - 1] != -1:
+                hi += 1
+        if spans:
+            lo = max(lo, spans[-1].token_end)  # never overlap the previous span of this group
         spans.append(
             DecodedSpan(
                 label=label,
-                start=offsets[i][0],
-                end=offsets[j - 1][1],
-                token_start=i,
-                token_end=j,
+                start=offsets[lo][0],
+                end=offsets[hi - 1][1],
+                token_start=lo,
+                token_end=hi,
                 confidence=float(chosen.mean()),
                 min_prob=float(chosen.min()),
             )
         )
-        i = j
+        i = hi
     return spans
 
 

@@ -62,7 +62,7 @@ def test_bio_round_trip_through_windows_gives_exact_offsets(tok, case, window, d
     for w in note.windows:
         for t in range(w.own_start, w.own_end):
             probs[t, tags[t]] = 1.0
-    got = [(s.label, s.start, s.end) for s in F.decode_spans(probs, note.offsets, F.ENTITY_TAGS)]
+    got = [(s.label, s.start, s.end) for s in F.decode_spans(probs, note.offsets, F.ENTITY_TAGS, note.words)]
     assert got == sorted(spans, key=lambda s: s[1])
     for _, s, e in got:
         assert text[s:e].strip() == text[s:e] and text[s:e]
@@ -76,6 +76,20 @@ def test_viterbi_never_emits_an_orphan_inside_tag(n, seed):
     for prev, cur in zip(["O", *path], path, strict=False):
         if cur.startswith("I-"):
             assert prev in (f"B-{cur[2:]}", cur)
+
+
+def test_spans_are_widened_to_whole_words(tok):
+    text = "gastroesophageal reflux noted"
+    note = F.encode_note(tok, text, 50, 0)
+    tags = ["O"] * len(note.ids)
+    tags[0], tags[1] = "B-problem", "I-problem"  # only the first two word-pieces of the first word
+    probs = np.zeros((len(tags), len(F.ENTITY_TAGS)), np.float32)
+    for t, tag in enumerate(tags):
+        probs[t, F.ENTITY_TAGS.index(tag)] = 1.0
+    (span,) = F.decode_spans(probs, note.offsets, F.ENTITY_TAGS, note.words)
+    assert text[span.start : span.end] == "gastroesophageal"
+    (raw,) = F.decode_spans(probs, note.offsets, F.ENTITY_TAGS)
+    assert text[raw.start : raw.end] != "gastroesophageal"
 
 
 def test_overlapping_spans_keep_the_longer_and_count_the_other(tok):
