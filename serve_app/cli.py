@@ -197,6 +197,14 @@ def _headline(card: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from deployments.fast_tier.export import reexport
+
+    reexport(Path(args.model))
+    print(json.dumps({"model_dir": args.model, "exported": True}))
+    return 0
+
+
 def cmd_build_default(args: argparse.Namespace) -> int:
     from deployments.fast_tier.default import ensure_default_model
 
@@ -250,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-notes", type=int, help="Use only the first N notes (smoke runs).")
     t.add_argument("--seed", type=int, help="Seed (default 13).")
     t.set_defaults(func=cmd_train)
+
+    x = sub.add_parser("export", help="Re-export a trained model's ONNX fp32 + int8 files from its PyTorch weights.")
+    x.add_argument("model", help="Model directory written by `clinie train`.")
+    x.set_defaults(func=cmd_export)
 
     b = sub.add_parser("build-default", help="Build (or find) the cached embedded default model.")
     b.set_defaults(func=cmd_build_default)

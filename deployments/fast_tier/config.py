@@ -8,6 +8,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MANIFEST_NAME = "fast_tier.json"
+# How the int8 files are made (export.quantize). Part of the default model's cache key, so a new
+# recipe rebuilds cached models instead of serving stale ones.
+QUANT_RECIPE = "dynamic-qint8-per-channel-v1"
 CARD_NAME = "model_card.json"
 
 
@@ -101,6 +104,7 @@ class ModelManifest(BaseModel):
     relation_context_chars: int = Field(ge=0, description="Sentence context kept around a pair.")
     relation_threshold: float = Field(gt=0, lt=1, description="Probability above which a pair is related.")
     hidden_size: int = Field(ge=1, description="Width of the pooled embedding output.")
+    quantization: str = Field(default="", description="Recipe of the int8 files (export.QUANT_RECIPE).")
 
     @property
     def tag(self) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import clinie
 from clinie.brat import corpus_hash, read_corpus
-from deployments.fast_tier.config import MANIFEST_NAME, TrainConfig
+from deployments.fast_tier.config import MANIFEST_NAME, QUANT_RECIPE, TrainConfig
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -47,13 +47,13 @@ def default_model_dir(data_dir: Path | None = None) -> Path:
             f"no trained fast-tier model is configured and the training notes are not at {cfg.data_dir}; "
             "set CLINIE_TRAIN_DATA to a brat folder, or CLINIE_MODEL_DIR / --model to a trained model"
         )
-    key = hashlib.sha256(
-        (
-            cfg.model_dump_json(exclude={"output_dir", "data_dir"})
-            + corpus_hash(read_corpus(cfg.data_dir))
-            + clinie.__version__
-        ).encode()
-    ).hexdigest()[:12]
+    parts = [
+        cfg.model_dump_json(exclude={"output_dir", "data_dir"}),
+        corpus_hash(read_corpus(cfg.data_dir)),
+        clinie.__version__,
+        QUANT_RECIPE,
+    ]
+    key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
     return clinie_home() / "models" / f"default-{key}"
 
 

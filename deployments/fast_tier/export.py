@@ -16,7 +16,15 @@ import onnx
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from deployments.fast_tier.modeling import JointTagger, RelationClassifier, RelationForExport, TaggerForExport
+from deployments.fast_tier.config import MANIFEST_NAME, QUANT_RECIPE, ModelManifest
+from deployments.fast_tier.modeling import (
+    JointTagger,
+    RelationClassifier,
+    RelationForExport,
+    TaggerForExport,
+    load_relation,
+    load_tagger,
+)
 
 OPSET = 17
 TAGGER_FILES = {"fp32": "tagger.onnx", "int8": "tagger.int8.onnx"}
@@ -49,12 +57,18 @@ def _export(
 
 
 def quantize(src: Path, dst: Path) -> None:
-    """Dynamic int8 weights (MatMul/Gemm); activations quantized at run time."""
+    """Dynamic int8 weights (MatMul/Gemm), per output channel; activations quantized at run time.
+
+    Per-channel scales cost nothing measurable in speed here and recovered about 1.4 points of
+    strict entity F1 that per-tensor scales lost on the dev split. Fusing attention first with
+    onnxruntime.transformers (possible once the encoder is exported with eager attention) made
+    int8 slower on this CPU, so the graph is quantized unfused.
+    """
     quantize_dynamic(
         str(src),
         str(dst),
         weight_type=QuantType.QInt8,
-        per_channel=False,
+        per_channel=True,
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
 
@@ -103,3 +117,16 @@ def export_relation(model: RelationClassifier, out_dir: Path, keep_fp32: bool = 
     quantize(fp32, out_dir / RELATION_FILES["int8"])
     if not keep_fp32:
         fp32.unlink()
+
+
+def reexport(model_dir: Path) -> None:
+    """Rebuild a model directory's ONNX files from its saved PyTorch weights (`pytorch/`)."""
+    manifest = ModelManifest.model_validate_json((model_dir / MANIFEST_NAME).read_text())
+    weights = model_dir / "pytorch"
+    if not (weights / "tagger").is_dir():
+        raise FileNotFoundError(f"no PyTorch weights under {weights}: this model cannot be re-exported")
+    tagger = load_tagger(weights / "tagger", len(manifest.entity_tags), len(manifest.modifier_tags))
+    export_tagger(tagger, model_dir)
+    export_relation(load_relation(weights / "relation"), model_dir)
+    manifest.quantization = QUANT_RECIPE
+    (model_dir / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))

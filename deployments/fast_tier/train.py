@@ -24,7 +24,14 @@ from tqdm.auto import tqdm
 from clinie.brat import Document, corpus_hash, read_corpus
 from clinie.windows import split_sentences
 from deployments.fast_tier import features as F
-from deployments.fast_tier.config import CARD_NAME, MANIFEST_NAME, ModelManifest, TrainConfig, embedded_encoder_dir
+from deployments.fast_tier.config import (
+    CARD_NAME,
+    MANIFEST_NAME,
+    QUANT_RECIPE,
+    ModelManifest,
+    TrainConfig,
+    embedded_encoder_dir,
+)
 from deployments.fast_tier.modeling import JointTagger, RelationClassifier, load_encoder, save_module
 
 log = logging.getLogger(__name__)
@@ -297,6 +304,7 @@ def train(cfg: TrainConfig) -> Path:
         relation_context_chars=cfg.relation_context_chars,
         relation_threshold=cfg.relation_threshold,
         hidden_size=hidden,
+        quantization=QUANT_RECIPE,
     )
     (staging / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
     if cfg.keep_pytorch:
