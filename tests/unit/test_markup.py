@@ -66,7 +66,7 @@ def test_malformed_output_is_repaired_or_counted():
     (pain,) = [a for a in got if SENT[a.start : a.end] == "pain"]
     assert pain.start == SENT.index("pain in")
     # Case and whitespace repairs are marked as inexact.
-    assert not [a for a in got if a.label == "problem" and a.start == SENT.index("chest")][0].exact
+    assert not next(a for a in got if a.label == "problem" and a.start == SENT.index("chest")).exact
 
 
 def test_truncated_tag_at_end_is_stripped():
