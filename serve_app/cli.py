@@ -37,16 +37,25 @@ def _setup_logging(verbose: bool) -> None:
 def cmd_extract(args: argparse.Namespace) -> int:
     from clinie.inputs import InputPathError, read_inputs
     from clinie.schema import NoteError
-    from serve_app.pipeline import PolicyError, policy_router
+    from serve_app.pipeline import PolicyError, check_policy
 
     try:
-        policy_router(args.policy)  # refuse an unknown policy before loading anything
+        check_policy(args.policy)  # refuse an unknown policy before loading anything
         notes = read_inputs(args.inputs)
     except (InputPathError, PolicyError) as exc:
         raise UsageError(str(exc)) from exc
+    from deployments.llm_tier.config import LLMTierConfig
     from serve_app.pipeline import Pipeline
 
-    pipeline = Pipeline(model_dir=args.model, precision=args.precision, batch_size=args.batch_size)
+    llm_fields = {"model": args.llm_model or ""}
+    if args.llm_timeout is not None:
+        llm_fields["request_timeout_s"] = args.llm_timeout
+    pipeline = Pipeline(
+        model_dir=args.model,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        llm=LLMTierConfig.model_validate(llm_fields),
+    )
     results = pipeline.run(notes, policy=args.policy, progress=not args.quiet)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
@@ -234,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--precision", choices=["int8", "fp32"], default="int8", help="ONNX variant (default: int8).")
     e.add_argument("--batch-size", type=int, default=16, help="Windows per model call.")
+    e.add_argument("--llm-model", help="LLM for llm-only: checkpoint dir or hub id (default: embedded SmolLM2).")
+    e.add_argument("--llm-timeout", type=float, help="Deadline per note for the LLM tier, seconds (default 120).")
     e.add_argument("--quiet", "-q", action="store_true", help="No progress bars or summary.")
     e.set_defaults(func=cmd_extract)
 

