@@ -18,14 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.report import headline_f1, write_report
 from clinie.brat import Document, document_from_result, read_corpus
 from clinie.schema import NoteResult
 from clinie.scoring import score_documents
 from deployments.fast_tier.config import EngineConfig
 from deployments.fast_tier.default import resolve_model_dir
 from deployments.fast_tier.engine import FastTierEngine
-
-HEADLINE = [(m, g) for m in ("strict", "relaxed") for g in ("entities", "modifiers", "relations")]
 
 
 def dev_documents(model_dir: Path) -> list[Document]:
@@ -56,7 +55,7 @@ def measure(engine: FastTierEngine, docs: list[Document], repeat: int) -> dict[s
         "tokens_per_s": round(tokens * repeat / wall, 1),
         "p50_ms": round(float(np.percentile(latencies, 50)), 1),
         "p95_ms": round(float(np.percentile(latencies, 95)), 1),
-        "f1": {f"{m}_{g}": round(scores.f1(m, g), 4) for m, g in HEADLINE},  # type: ignore[arg-type]
+        "f1": headline_f1(scores),
     }
 
 
@@ -112,10 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{f['relaxed_relations']:9.3f}"
         )
     print("int8 F1 change vs torch fp32 (points):", report["int8_f1_change_points"])
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(report, args.output)
     return report
 
 

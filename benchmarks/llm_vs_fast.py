@@ -9,12 +9,11 @@ on this machine. Both run in process through the public pipeline (`policy` fast-
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 from typing import Any
 
-from benchmarks.fast_tier import HEADLINE, dev_documents
+from benchmarks.fast_tier import dev_documents
+from benchmarks.report import headline_f1, write_report
 from clinie.brat import document_from_result
 from clinie.inputs import NoteInput
 from clinie.schema import NoteResult
@@ -37,7 +36,7 @@ def run(pipeline: Pipeline, policy: str, docs: list, label: str) -> dict[str, An
         "errors": len(docs) - len(ok),
         "wall_s": round(wall, 2),
         "notes_per_s": round(len(docs) / wall, 4),
-        "f1": {f"{m}_{g}": round(scores.f1(m, g), 4) for m, g in HEADLINE},  # type: ignore[arg-type]
+        "f1": headline_f1(scores),
     }
     print(f"{label:10} {out['notes_per_s']:8.3f} notes/s  wall {wall:7.1f} s  F1 {out['f1']}", flush=True)
     return out
@@ -66,10 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "note": "LLM wall time includes its engine start-up (about 25 s on CPU for the default model)",
     }
     print(f"LLM tier is {report['llm_slowdown']}x slower than the fast tier (engine start-up included)")
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(report, args.output)
     return report
 
 
