@@ -47,7 +47,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from deployments.llm_tier.config import LLMTierConfig
     from serve_app.pipeline import Pipeline
 
-    llm_fields = {"model": args.llm_model or ""}
+    llm_fields: dict[str, Any] = {"model": args.llm_model or ""}
+    if args.llm_lora:
+        llm_fields["lora_adapter"] = args.llm_lora
     if args.llm_timeout is not None:
         llm_fields["request_timeout_s"] = args.llm_timeout
     pipeline = Pipeline(
@@ -206,6 +208,31 @@ def _headline(card: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def cmd_train_llm(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from deployments.fast_tier.default import default_data_dir
+    from deployments.llm_tier.finetune import LoRAConfig, train_lora
+
+    fields = {
+        "data_dir": args.data or default_data_dir(),
+        "output_dir": args.output,
+        "model": args.model or "",
+        "max_steps": args.max_steps,
+        "max_notes": args.max_notes,
+        "device": args.device,
+    }
+    try:
+        cfg = LoRAConfig.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        raise UsageError(f"invalid LoRA config: {exc}") from exc
+    if not Path(cfg.data_dir).is_dir():
+        raise UsageError(f"training data folder not found: {cfg.data_dir}")
+    out = train_lora(cfg)
+    print(json.dumps({"adapter_dir": str(out)}))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from deployments.fast_tier.export import reexport
 
@@ -244,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", choices=["int8", "fp32"], default="int8", help="ONNX variant (default: int8).")
     e.add_argument("--batch-size", type=int, default=16, help="Windows per model call.")
     e.add_argument("--llm-model", help="LLM for llm-only: checkpoint dir or hub id (default: embedded SmolLM2).")
+    e.add_argument("--llm-lora", help="LoRA adapter folder (from `clinie train-llm`) served with the LLM.")
     e.add_argument("--llm-timeout", type=float, help="Deadline per note for the LLM tier, seconds (default 120).")
     e.add_argument("--quiet", "-q", action="store_true", help="No progress bars or summary.")
     e.set_defaults(func=cmd_extract)
@@ -269,6 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-notes", type=int, help="Use only the first N notes (smoke runs).")
     t.add_argument("--seed", type=int, help="Seed (default 13).")
     t.set_defaults(func=cmd_train)
+
+    lt = sub.add_parser("train-llm", help="LoRA fine-tuning of the LLM tier on the training split (peft).")
+    lt.add_argument("--output", "-o", required=True, help="Adapter folder to write.")
+    lt.add_argument("--data", help="brat training folder (default: $CLINIE_TRAIN_DATA or ../shared/...).")
+    lt.add_argument("--model", help="Base model dir or hub id (default: embedded SmolLM2-135M-Instruct).")
+    lt.add_argument("--max-steps", type=int, help="Optimiser steps (default 200).")
+    lt.add_argument("--max-notes", type=int, help="Use only the first N notes (smoke runs).")
+    lt.add_argument("--device", choices=["cpu", "cuda"], help="Where to train (default cpu).")
+    lt.set_defaults(func=cmd_train_llm)
 
     x = sub.add_parser("export", help="Re-export a trained model's ONNX fp32 + int8 files from its PyTorch weights.")
     x.add_argument("model", help="Model directory written by `clinie train`.")

@@ -59,6 +59,8 @@ class VLLMEngine:
 
         self.cfg = cfg
         self.model_tag = cfg.served_name or Path(str(model_dir)).name
+        if cfg.lora_adapter is not None:
+            self.model_tag += f"+lora:{Path(cfg.lora_adapter).name}"
         args = AsyncEngineArgs(
             model=str(model_dir),
             served_model_name=self.model_tag,

@@ -65,3 +65,22 @@ def test_missed_deadline_is_an_explicit_error(llm_home: Path, tmp_path: Path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert lines[0]["error"]["code"] == "llm_timeout"
     assert "0.0 s" in lines[0]["error"]["message"]
+
+
+def test_lora_recipe_trains_and_vllm_serves_the_adapter(llm_home: Path, tmp_path: Path, train_dir: Path):
+    adapter = tmp_path / "adapter"
+    env = {**os.environ, "CLINIE_HOME": str(llm_home)}
+    run = subprocess.run(
+        [sys.executable, "-m", "serve_app.cli", "train-llm", "-o", str(adapter), "--data", str(train_dir),
+         "--max-steps", "2", "--max-notes", "2"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
+    card = json.loads((adapter / "lora_card.json").read_text())
+    assert card["examples"] > 0 and len(card["train_notes"]) == 1  # the other note is held out
+    run, lines = _extract(llm_home, tmp_path, "--llm-lora", str(adapter))
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = NoteResult.model_validate(lines[0])
+    result.check_offsets(NOTE)
+    assert result.models["llm"].endswith("+lora:adapter")
