@@ -19,7 +19,13 @@ from clinie.inputs import NoteInput
 from clinie.schema import ErrorBody, NoteError, NoteResult, Route
 from deployments.fast_tier.config import EngineConfig
 from deployments.fast_tier.default import resolve_model_dir
-from deployments.fast_tier.engine import FastTierEngine, NoteAnalysis, confidence_signals, validate_text
+from deployments.fast_tier.engine import (
+    FastTierEngine,
+    InputError,
+    NoteAnalysis,
+    confidence_signals,
+    validate_text,
+)
 from deployments.llm_tier.config import LLMTierConfig
 
 KNOWN_POLICIES: tuple[str, ...] = ("fast-only", "default", "llm-only")
@@ -107,15 +113,16 @@ class Pipeline:
         tier = LLMTier(engine, self.llm_cfg)
 
         async def one(note_id: str | None, text: str | None) -> NoteResult | NoteError:
+            # Only our own errors become error slots: their messages never quote the note. Anything
+            # else (a pydantic error could echo input values) propagates as a failure of the run.
             try:
                 valid = validate_text(text, self.max_note_chars)
+            except InputError as exc:
+                return NoteError(note_id=note_id, error=ErrorBody(code=exc.code, message=exc.message))
+            try:
                 return await tier.extract(note_id, valid)
             except LLMTimeout as exc:
                 return NoteError(note_id=note_id, error=ErrorBody(code="llm_timeout", message=str(exc)))
-            except ValueError as exc:  # InputError
-                return NoteError(
-                    note_id=note_id, error=ErrorBody(code=getattr(exc, "code", "invalid_text"), message=str(exc))
-                )
 
         try:
             return list(await asyncio.gather(*(one(nid, text) for nid, text in notes)))
