@@ -143,9 +143,7 @@ class LLMTier:
     async def _run(self, text: str) -> X.LLMExtraction:
         chunks = X.chunk_note(text, self.cfg.max_chunk_chars)
         outputs = await self.engine.generate(X.entity_requests(text, chunks), self.cfg.max_new_tokens)
-        entities, dropped = X.parse_entities(text, chunks, outputs)
-        requests = X.modifier_requests(text, chunks, entities)
+        ext = X.parse_entities(text, chunks, outputs)
+        requests = X.modifier_requests(text, chunks, ext.entities)
         mod_outputs = await self.engine.generate([r.messages for r in requests], self.cfg.max_new_tokens)
-        ext = X.parse_modifiers(text, entities, requests, mod_outputs)
-        ext.dropped.update(dropped)
-        return ext
+        return X.parse_modifiers(text, ext, requests, mod_outputs)

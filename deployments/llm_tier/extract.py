@@ -67,17 +67,31 @@ def entity_requests(text: str, chunks: Sequence[Chunk]) -> list[list[Message]]:
     return [entity_messages(text[c.start : c.end]) for c in chunks]
 
 
-def parse_entities(
-    text: str, chunks: Sequence[Chunk], outputs: Sequence[str]
-) -> tuple[list[tuple[str, int, int]], Counter[str]]:
-    """Entities (type, start, end) in note offsets from the step-1 outputs, and what was dropped."""
-    found: list[tuple[str, int, int]] = []
-    dropped: Counter[str] = Counter()
+@dataclass
+class LLMExtraction:
+    """Entities, modifiers and relations of one note from the LLM, with exactness flags."""
+
+    entities: list[tuple[str, int, int]]
+    modifiers: list[tuple[str, int, int]] = field(default_factory=list)
+    relations: list[tuple[int, int]] = field(default_factory=list)  # (entity index, modifier index)
+    inexact: set[tuple[str, int, int]] = field(default_factory=set)
+    dropped: Counter[str] = field(default_factory=Counter)
+
+
+def parse_entities(text: str, chunks: Sequence[Chunk], outputs: Sequence[str]) -> LLMExtraction:
+    """Entities (type, start, end) in note offsets from the step-1 outputs, what was repaired,
+    and what was dropped."""
+    found: set[tuple[str, int, int]] = set()
+    result = LLMExtraction(entities=[])
     for chunk, output in zip(chunks, outputs, strict=True):
         spans, d = align_spans(text[chunk.start : chunk.end], parse_markup(output), ENTITY_TYPES, chunk.start)
-        dropped.update(d)
-        found += [(s.label, s.start, s.end) for s in spans]
-    return sorted(set(found), key=lambda s: (s[1], s[2], s[0])), dropped
+        result.dropped.update(d)
+        for s in spans:
+            found.add((s.label, s.start, s.end))
+            if not s.exact:
+                result.inexact.add((s.label, s.start, s.end))
+    result.entities = sorted(found, key=lambda s: (s[1], s[2], s[0]))
+    return result
 
 
 @dataclass
@@ -103,25 +117,15 @@ def modifier_requests(
     return out
 
 
-@dataclass
-class LLMExtraction:
-    """Entities, modifiers and relations of one note from the LLM, with exactness flags."""
-
-    entities: list[tuple[str, int, int]]
-    modifiers: list[tuple[str, int, int]] = field(default_factory=list)
-    relations: list[tuple[int, int]] = field(default_factory=list)  # (entity index, modifier index)
-    inexact: set[tuple[str, int, int]] = field(default_factory=set)
-    dropped: Counter[str] = field(default_factory=Counter)
-
-
 def parse_modifiers(
     text: str,
-    entities: Sequence[tuple[str, int, int]],
+    result: LLMExtraction,
     requests: Sequence[ModifierRequest],
     outputs: Sequence[str],
 ) -> LLMExtraction:
-    """Modifiers and relations from the step-2 outputs; disallowed pairs are dropped and counted."""
-    result = LLMExtraction(entities=list(entities))
+    """Adds modifiers and relations from the step-2 outputs to step 1's `result` (drops keep
+    adding up); disallowed pairs are dropped and counted."""
+    entities = result.entities
     index: dict[tuple[str, int, int], int] = {}
     for req, output in zip(requests, outputs, strict=True):
         etype = entities[req.entity][0]

@@ -49,14 +49,17 @@ def test_two_steps_from_raw_outputs_to_a_valid_result():
         '<span class="drug">warfarin</span>',  # "warfarin" is not in the note
         'Severe <span class="problem">headache</span>.',
     ]
-    entities, dropped = parse_entities(NOTE, chunks, outputs)
+    ext = parse_entities(NOTE, chunks, outputs)
+    entities = ext.entities
     assert entities == [
         _span(NOTE, "problem", "chest pain"),
         _span(NOTE, "drug", "Aspirin"),
         _span(NOTE, "drug", "daily"),
         _span(NOTE, "problem", "headache"),
     ]
-    assert dropped == {"malformed_tag": 1, "not_in_source": 1}
+    assert ext.dropped == {"malformed_tag": 1, "not_in_source": 1}
+    # Outputs that did not reproduce their sentence (cut tag, invented words) give inexact spans.
+    assert ext.inexact == set(entities[:3])
 
     requests = modifier_requests(NOTE, chunks, entities)
     assert len(requests) == 4
@@ -69,8 +72,9 @@ def test_two_steps_from_raw_outputs_to_a_valid_result():
         '<span class="severity">SEVERE</span> <span class="route">headache</span>. '
         '<span class="severity">extreme</span>',  # route is not allowed for a problem
     ]
-    ext = parse_modifiers(NOTE, entities, requests, mod_outputs)
-    assert ext.dropped == {"disallowed_pair": 1, "not_in_source": 1}
+    ext = parse_modifiers(NOTE, ext, requests, mod_outputs)
+    # Step 2 drops one disallowed pair and one span not in the note, added to step 1's drops.
+    assert ext.dropped == {"malformed_tag": 1, "not_in_source": 2, "disallowed_pair": 1}
     result = to_result("n1", NOTE, ext, "tiny@1", 12.0, "policy:llm-only")
     result.check_offsets(NOTE)
     by_id = {s.id: s for s in [*result.entities, *result.modifiers]}
@@ -85,3 +89,12 @@ def test_two_steps_from_raw_outputs_to_a_valid_result():
     severe = next(m for m in result.modifiers if m.type == "severity")
     assert severe.confidence < next(m for m in result.modifiers if m.type == "negation").confidence  # case repair
     assert result.route.tier == "llm" and result.route.signals["llm_dropped_disallowed_pair"] == 1.0
+
+
+def test_repaired_entities_get_the_lower_confidence():
+    text = "Severe headache today."
+    chunks = chunk_note(text, 200)
+    ext = parse_entities(text, chunks, ['Severe <span class="problem">HEADACHE</span> today.'])
+    result = to_result("n", text, ext, "m", 1.0, "policy:llm-only")
+    (entity,) = result.entities
+    assert entity.text == "headache" and entity.confidence < 0.9
