@@ -37,16 +37,14 @@ def _setup_logging(verbose: bool) -> None:
 def cmd_extract(args: argparse.Namespace) -> int:
     from clinie.inputs import InputPathError, read_inputs
     from clinie.schema import NoteError
-    from serve_app.pipeline import PolicyError, check_policy
+    from deployments.llm_tier.config import LLMTierConfig
+    from router import PolicyConfigError
+    from serve_app.pipeline import Pipeline, PolicyError, load_router
 
     try:
-        check_policy(args.policy)  # refuse an unknown policy before loading anything
-        notes = read_inputs(args.inputs)
-    except (InputPathError, PolicyError) as exc:
+        router = load_router(args.policies)
+    except PolicyConfigError as exc:
         raise UsageError(str(exc)) from exc
-    from deployments.llm_tier.config import LLMTierConfig
-    from serve_app.pipeline import Pipeline
-
     llm_fields: dict[str, Any] = {"model": args.llm_model or ""}
     if args.llm_lora:
         llm_fields["lora_adapter"] = args.llm_lora
@@ -57,7 +55,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
         precision=args.precision,
         batch_size=args.batch_size,
         llm=LLMTierConfig.model_validate(llm_fields),
+        router=router,
     )
+    try:
+        pipeline.check_policy(args.policy)  # refuse an unknown policy before loading anything
+        notes = read_inputs(args.inputs)
+    except (InputPathError, PolicyError) as exc:
+        raise UsageError(str(exc)) from exc
     results = pipeline.run(notes, policy=args.policy, progress=not args.quiet)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
@@ -256,6 +260,57 @@ def cmd_build_default(args: argparse.Namespace) -> int:
 # -- main ---------------------------------------------------------------------------------------
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Start the whole application locally and block until Ctrl-C / SIGTERM."""
+    import signal
+    import threading
+
+    from deployments.fast_tier.default import resolve_model_dir
+    from serve_app import local
+
+    config_file = Path(args.config) if args.config else local.LOCAL_CONFIG
+    try:
+        cfg, _ = local.local_app_config(
+            config_file,
+            fast_tier_model=args.model,
+            policies_file=args.policies,
+            llm_enabled=False if args.no_llm else None,
+        )
+    except (ValueError, OSError) as exc:
+        raise UsageError(str(exc)) from exc
+    # Build (first run) or find the models here, with progress bars, before any replica starts.
+    model_dir = resolve_model_dir(cfg.fast_tier_model)
+    cfg = cfg.model_copy(update={"fast_tier_model": str(model_dir)})
+    if cfg.llm_enabled and not cfg.llm.model and cfg.llm_config is None:
+        from serve_app.pipeline import llm_available
+
+        if llm_available():
+            from deployments.llm_tier.default_model import ensure_default_llm
+
+            ensure_default_llm()
+        else:
+            print("clinie: vllm is not installed: serving without the LLM tier", file=sys.stderr)
+            cfg = cfg.model_copy(update={"llm_enabled": False})
+    svc = local.start(cfg, host=args.host, port=args.port, grpc_port=args.grpc_port, num_cpus=args.num_cpus)
+    ready = local.wait_ready(svc.http_url, timeout_s=300)
+    print(
+        f"clinie: serving HTTP on {svc.http_url} (docs: {svc.http_url}/docs), gRPC on {svc.grpc_target}; "
+        f"ready {svc.started_s + ready:.1f} s after start. Ctrl-C stops.",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    print("clinie: shutting down", file=sys.stderr)
+    local.stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clinie", description="Clinical information extraction.")
     p.add_argument("-v", "--verbose", action="store_true", help="More log output on stderr.")
@@ -264,17 +319,32 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("extract", help="Extract entities, modifiers and relations from notes (in process).")
     e.add_argument("inputs", nargs="+", metavar="INPUT", help=".txt file, folder of .txt files, or .jsonl")
     e.add_argument("--output", "-o", help="Write JSONL here instead of stdout.")
-    e.add_argument("--policy", default="default", help="Routing policy name (default: %(default)s).")
+    e.add_argument("--policy", help="Routing policy name (default: the policy file's default_policy, `default`).")
+    e.add_argument(
+        "--policies",
+        help="Router policy file, YAML/JSON (default: $CLINIE_POLICIES or serve_app/configs/policies.default.yaml).",
+    )
     e.add_argument(
         "--model", help="Trained fast-tier model directory (default: $CLINIE_MODEL_DIR or the embedded default)."
     )
     e.add_argument("--precision", choices=["int8", "fp32"], default="int8", help="ONNX variant (default: int8).")
     e.add_argument("--batch-size", type=int, default=16, help="Windows per model call.")
-    e.add_argument("--llm-model", help="LLM for llm-only: checkpoint dir or hub id (default: embedded SmolLM2).")
+    e.add_argument("--llm-model", help="LLM tier model: checkpoint dir or hub id (default: embedded SmolLM2).")
     e.add_argument("--llm-lora", help="LoRA adapter folder (from `clinie train-llm`) served with the LLM.")
     e.add_argument("--llm-timeout", type=float, help="Deadline per note for the LLM tier, seconds (default 120).")
     e.add_argument("--quiet", "-q", action="store_true", help="No progress bars or summary.")
     e.set_defaults(func=cmd_extract)
+
+    sv = sub.add_parser("serve", help="Start the Ray Serve application locally (HTTP + gRPC) on the default models.")
+    sv.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: %(default)s, local only).")
+    sv.add_argument("--port", type=int, default=8000, help="HTTP port (default: %(default)s).")
+    sv.add_argument("--grpc-port", type=int, default=9000, help="gRPC port (default: %(default)s).")
+    sv.add_argument("--config", help="Serve config YAML (default: serve_app/configs/serve.local.yaml).")
+    sv.add_argument("--model", help="Fast-tier model directory (default: $CLINIE_MODEL_DIR or the embedded default).")
+    sv.add_argument("--policies", help="Router policy file (default: $CLINIE_POLICIES or the checked-in one).")
+    sv.add_argument("--no-llm", action="store_true", help="Do not deploy the LLM tier.")
+    sv.add_argument("--num-cpus", type=int, help="Logical CPUs for the local Ray (default: cores + 2, at least 4).")
+    sv.set_defaults(func=cmd_serve)
 
     v = sub.add_parser("evaluate", help="Score predictions (JSONL) against a brat gold folder.")
     v.add_argument("--gold", required=True, help="brat folder (NAME.txt + NAME.ann).")

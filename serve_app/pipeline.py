@@ -1,34 +1,38 @@
-"""The extraction pipeline as the CLI runs it in process (and the server will run it per request).
+"""The extraction pipeline as `clinie extract` runs it in process: the same router, policies and
+orchestration (`serve_app.orchestrate.finish`) as the server, with the engines in this process.
 
-Policy names every build knows are resolved here:
-- `fast-only`: the fast tier answers (`route.reason = "policy:fast-only"`).
-- `llm-only`: the LLM tier answers every note (`policy:llm-only`); it needs vLLM installed, and
-  starts the engine in this process (about 25 s on CPU for the default model).
-- `default`: until the calibrated router is built, the fast tier answers and says why
-  (`llm_tier_unavailable`): the in-process pipeline does not start the LLM tier for it.
+- The fast tier analyses all notes in one batched pass.
+- The router (policies from `--policies`, `$CLINIE_POLICIES`, or the checked-in
+  `serve_app/configs/policies.default.yaml`) decides per note.
+- The LLM tier's engine is started only when a note is escalated (about 25 s on CPU for the
+  default model); without vLLM installed, escalations are answered by the fast tier with
+  `route.reason = "llm_tier_unavailable"`.
+- `llm-only` skips the fast pass: every note goes straight to the LLM tier (no fast model needed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
-from collections.abc import Callable, Sequence
+import os
+import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from clinie.analysis import NoteAnalysis
 from clinie.inputs import NoteInput
-from clinie.schema import ErrorBody, NoteError, NoteResult, Route
+from clinie.ood import OOD_FILE, OODStats
+from clinie.schema import ErrorBody, NoteError, NoteResult
 from deployments.fast_tier.config import EngineConfig
 from deployments.fast_tier.default import resolve_model_dir
-from deployments.fast_tier.engine import (
-    FastTierEngine,
-    InputError,
-    NoteAnalysis,
-    confidence_signals,
-    validate_text,
-)
+from deployments.fast_tier.engine import FastTierEngine, InputError, validate_text
 from deployments.llm_tier.config import LLMTierConfig
+from router import LoadState, Router, RouterConfig, UnknownPolicy, compute_signals, load_router_config
+from router.policies import Decision
+from serve_app.orchestrate import LLMFailure, finish
 
-KNOWN_POLICIES: tuple[str, ...] = ("fast-only", "default", "llm-only")
+DEFAULT_POLICIES = Path(__file__).resolve().parent / "configs" / "policies.default.yaml"
 
 
 class PolicyError(ValueError):
@@ -44,27 +48,70 @@ def llm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def check_policy(name: str) -> None:
-    """Raise PolicyError unless `name` is a policy this build can serve."""
-    if name not in KNOWN_POLICIES:
-        raise PolicyError("unknown_policy", f"unknown policy {name!r}; known policies: {', '.join(KNOWN_POLICIES)}")
-    if name == "llm-only" and not llm_available():
-        raise PolicyError("policy_unavailable", "policy 'llm-only' needs the LLM tier (vllm), which is not installed")
+def policies_path(explicit: str | Path | None = None) -> Path:
+    """`explicit` (--policies), else `$CLINIE_POLICIES`, else the checked-in default policy file."""
+    return Path(explicit or os.environ.get("CLINIE_POLICIES") or DEFAULT_POLICIES)
 
 
-def policy_router(name: str) -> Callable[[NoteAnalysis], Route]:
-    """The routing decision of a fast-tier policy."""
-    check_policy(name)
-    reason = "policy:fast-only" if name == "fast-only" else "llm_tier_unavailable"
+def load_router(explicit: str | Path | None = None) -> Router:
+    return Router(load_router_config(policies_path(explicit)))
 
-    def route(a: NoteAnalysis) -> Route:
-        return Route(tier="bert", escalated=False, reason=reason, signals=confidence_signals(a))
 
-    return route
+class _LocalTiers:
+    """The orchestration's `Tiers` over engines in this process."""
+
+    def __init__(self, router: Router, ood: OODStats | None, llm_cfg: LLMTierConfig):
+        self.router, self.ood, self.llm_cfg = router, ood, llm_cfg
+        self._tier: Any = None
+        self._engine: Any = None
+        self._lock = asyncio.Lock()
+        self.in_flight = 0
+
+    def load(self) -> LoadState:
+        # In process there is no shared queue to protect: the CLI waits for its own notes.
+        return LoadState(llm_available=llm_available(), llm_in_flight=0)
+
+    async def route(
+        self, analysis: NoteAnalysis, policy: str | None, load: LoadState, deadline_ms: float | None
+    ) -> tuple[Decision, dict[str, float], list[tuple[int, int]]]:
+        signals = compute_signals(analysis, self.ood)
+        return self.router.decide(signals, policy, load, deadline_ms), signals.note, signals.sentences
+
+    async def _ensure_llm(self) -> Any:
+        async with self._lock:
+            if self._tier is None:
+                from deployments.llm_tier.default_model import ensure_default_llm
+                from deployments.llm_tier.engine import LLMTier, VLLMEngine
+
+                model = self.llm_cfg.model or ensure_default_llm()
+                self._engine = VLLMEngine(self.llm_cfg, model)
+                self._tier = LLMTier(self._engine, self.llm_cfg)
+        return self._tier
+
+    async def llm_extract(
+        self,
+        note_id: str | None,
+        text: str,
+        ranges: list[tuple[int, int]] | None,
+        timeout_s: float | None,
+        reason: str,
+    ) -> NoteResult:
+        from deployments.llm_tier.engine import LLMTimeout
+
+        tier = await self._ensure_llm()
+        try:
+            return await tier.extract(note_id, text, timeout_s=timeout_s, reason=reason, ranges=ranges)
+        except LLMTimeout:
+            raise LLMFailure("llm_timeout") from None
+
+    def shutdown(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = self._tier = None
 
 
 class Pipeline:
-    """Fast tier (+ policy), or the LLM tier for `llm-only`, over notes, in process."""
+    """Fast tier + router (+ LLM tier on escalation) over notes, in process."""
 
     def __init__(
         self,
@@ -72,11 +119,15 @@ class Pipeline:
         precision: str = "int8",
         batch_size: int = 16,
         llm: LLMTierConfig | None = None,
+        router: Router | RouterConfig | None = None,
     ):
         self._fast_args = (model_dir, precision, batch_size)
         self.max_note_chars: int = EngineConfig.model_fields["max_note_chars"].default
         self._fast: FastTierEngine | None = None
         self.llm_cfg = llm or LLMTierConfig()
+        if isinstance(router, RouterConfig):
+            router = Router(router)
+        self.router = router or load_router()
 
     @property
     def fast(self) -> FastTierEngine:
@@ -86,45 +137,70 @@ class Pipeline:
             self._fast = FastTierEngine(cfg)
         return self._fast
 
+    def check_policy(self, name: str | None) -> str:
+        """The policy a run gets; PolicyError for an unknown one or `llm-only` without vLLM."""
+        try:
+            chosen = self.router.check(name)
+        except UnknownPolicy as exc:
+            raise PolicyError("unknown_policy", exc.message) from None
+        if chosen == "llm-only" and not llm_available():
+            msg = "policy 'llm-only' needs the LLM tier (vllm), which is not installed"
+            raise PolicyError("policy_unavailable", msg)
+        return chosen
+
     def run(
-        self, notes: Sequence[NoteInput], policy: str = "default", progress: bool = False
+        self, notes: Sequence[NoteInput], policy: str | None = None, progress: bool = False
     ) -> list[NoteResult | NoteError]:
-        check_policy(policy)
+        chosen = self.check_policy(policy)
         slots: list[NoteResult | NoteError | None] = [
             NoteError(note_id=n.note_id, error=n.error) if n.error is not None else None for n in notes
         ]
-        readable = [(i, n) for i, n in enumerate(notes) if n.error is None]
-        if policy == "llm-only":
-            results = asyncio.run(self._run_llm([(n.note_id, n.text) for _, n in readable]))
+        valid: list[tuple[int, str | None, str]] = []
+        for i, n in enumerate(notes):
+            if slots[i] is not None:
+                continue
+            try:
+                valid.append((i, n.note_id, validate_text(n.text, self.max_note_chars)))
+            except InputError as exc:
+                slots[i] = NoteError(note_id=n.note_id, error=ErrorBody(code=exc.code, message=exc.message))
+        if chosen == "llm-only":
+            results = asyncio.run(self._run_llm_only([(nid, text) for _, nid, text in valid]))
         else:
-            results = self.fast.extract(
-                [(n.note_id, n.text) for _, n in readable], progress=progress, route=policy_router(policy)
-            )
-        for (i, _), r in zip(readable, results, strict=True):
+            results = asyncio.run(self._run_routed([(nid, text) for _, nid, text in valid], chosen, progress))
+        for (i, _, _), r in zip(valid, results, strict=True):
             slots[i] = r
         return [s for s in slots if s is not None]
 
-    async def _run_llm(self, notes: list[tuple[str | None, str | None]]) -> list[NoteResult | NoteError]:
-        from deployments.llm_tier.default_model import ensure_default_llm
-        from deployments.llm_tier.engine import LLMTier, LLMTimeout, VLLMEngine
+    def _tiers(self) -> _LocalTiers:
+        ood_file = self.fast.cfg.model_dir / OOD_FILE
+        ood = OODStats.load(ood_file) if ood_file.exists() else None
+        return _LocalTiers(self.router, ood, self.llm_cfg)
 
-        model = self.llm_cfg.model or ensure_default_llm()
-        engine = VLLMEngine(self.llm_cfg, model)
-        tier = LLMTier(engine, self.llm_cfg)
+    async def _run_routed(
+        self, notes: list[tuple[str | None, str]], policy: str, progress: bool
+    ) -> list[NoteResult | NoteError]:
+        t0 = time.perf_counter()
+        analyses = self.fast.analyze(notes, progress=progress)
+        tiers = self._tiers()
+        try:
+            return list(await asyncio.gather(*(finish(tiers, a, policy, started=t0) for a in analyses)))
+        finally:
+            tiers.shutdown()
 
-        async def one(note_id: str | None, text: str | None) -> NoteResult | NoteError:
-            # Only our own errors become error slots: their messages never quote the note. Anything
-            # else (a pydantic error could echo input values) propagates as a failure of the run.
+    async def _run_llm_only(self, notes: list[tuple[str | None, str]]) -> list[NoteResult | NoteError]:
+        from deployments.llm_tier.engine import LLMTimeout
+
+        tiers = _LocalTiers(self.router, None, self.llm_cfg)
+
+        async def one(note_id: str | None, text: str) -> NoteResult | NoteError:
+            # Only our own errors become error slots: their messages never quote the note.
             try:
-                valid = validate_text(text, self.max_note_chars)
-            except InputError as exc:
-                return NoteError(note_id=note_id, error=ErrorBody(code=exc.code, message=exc.message))
-            try:
-                return await tier.extract(note_id, valid)
+                tier = await tiers._ensure_llm()
+                return await tier.extract(note_id, text)
             except LLMTimeout as exc:
                 return NoteError(note_id=note_id, error=ErrorBody(code="llm_timeout", message=str(exc)))
 
         try:
             return list(await asyncio.gather(*(one(nid, text) for nid, text in notes)))
         finally:
-            engine.shutdown()
+            tiers.shutdown()

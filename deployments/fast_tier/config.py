@@ -105,6 +105,9 @@ class ModelManifest(BaseModel):
     relation_threshold: float = Field(gt=0, lt=1, description="Probability above which a pair is related.")
     hidden_size: int = Field(ge=1, description="Width of the pooled embedding output.")
     quantization: str = Field(default="", description="Recipe of the int8 files (export.QUANT_RECIPE).")
+    energy_outputs: bool = Field(
+        default=False, description="Whether the tagger graph outputs logit log-sum-exp (the router's energy signal)."
+    )
 
     @property
     def tag(self) -> str:

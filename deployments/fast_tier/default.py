@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
 
 import clinie
 from clinie.brat import corpus_hash, read_corpus
-from deployments.fast_tier.config import MANIFEST_NAME, QUANT_RECIPE, TrainConfig
+from clinie.ood import OOD_FILE
+from deployments.fast_tier.config import CARD_NAME, MANIFEST_NAME, QUANT_RECIPE, ModelManifest, TrainConfig
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -61,6 +63,7 @@ def ensure_default_model(data_dir: Path | None = None) -> Path:
     """The default model's directory, training and exporting it first if it is not cached."""
     target = default_model_dir(data_dir)
     if (target / MANIFEST_NAME).exists():
+        upgrade_model(target, data_dir)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f"{target.name}.lock", "w") as lock:
@@ -70,7 +73,36 @@ def ensure_default_model(data_dir: Path | None = None) -> Path:
 
             log.warning("building the embedded default fast-tier model into %s (first run only)", target)
             train(default_train_config(output_dir=target, data_dir=data_dir))
+    upgrade_model(target, data_dir)
     return target
+
+
+def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
+    """Add what a model built by an earlier version lacks, without retraining: the tagger's
+    energy outputs (re-export from the saved weights) and the router's OOD statistics (fitted on
+    the training notes listed in its model card). A no-op for current models."""
+    manifest = ModelManifest.model_validate_json((model_dir / MANIFEST_NAME).read_text())
+    needs_export = not manifest.energy_outputs and (model_dir / "pytorch" / "tagger").is_dir()
+    needs_ood = not (model_dir / OOD_FILE).exists() and (model_dir / CARD_NAME).exists()
+    if not (needs_export or needs_ood):
+        return
+    with open(model_dir.parent / f"{model_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = ModelManifest.model_validate_json((model_dir / MANIFEST_NAME).read_text())
+        if not manifest.energy_outputs and (model_dir / "pytorch" / "tagger").is_dir():
+            from deployments.fast_tier.export import reexport
+
+            log.warning("re-exporting %s with the router's energy outputs (once)", model_dir)
+            reexport(model_dir)
+        if not (model_dir / OOD_FILE).exists() and (model_dir / CARD_NAME).exists():
+            from deployments.fast_tier.train import fit_ood
+
+            card = json.loads((model_dir / CARD_NAME).read_text())
+            names = set(card["data"]["train_notes"])
+            docs = [d for d in read_corpus(data_dir or Path(card["data"]["dir"])) if d.name in names]
+            if docs:
+                log.warning("fitting OOD statistics for %s on %d training notes (once)", model_dir, len(docs))
+                fit_ood(model_dir, docs)
 
 
 def resolve_model_dir(explicit: str | Path | None = None) -> Path:

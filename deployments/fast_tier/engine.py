@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from clinie.analysis import NoteAnalysis, analysis_to_result
 from clinie.schema import (
-    EntitySpan,
     ErrorBody,
-    ModifierSpan,
     NoteError,
     NoteResult,
-    Relation,
     Route,
 )
-from clinie.windows import Sentence, split_sentences
+from clinie.windows import split_sentences
 from deployments.fast_tier import features as F
 from deployments.fast_tier.config import MANIFEST_NAME, EngineConfig, ModelManifest
 
@@ -40,8 +37,12 @@ class InputError(ValueError):
         self.message = message
 
 
+# entity probs, modifier probs, pooled embedding, entity logit lse, modifier logit lse (or None)
+TaggerOutput = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]
+
+
 class TaggerBackend(Protocol):
-    def __call__(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    def __call__(self, ids: np.ndarray, mask: np.ndarray) -> TaggerOutput: ...
 
 
 class RelationBackend(Protocol):
@@ -69,9 +70,10 @@ def onnx_backends(cfg: EngineConfig) -> tuple[TaggerBackend, RelationBackend]:
     tagger = ort.InferenceSession(str(paths[0]), opts, providers=providers)
     relation = ort.InferenceSession(str(paths[1]), opts, providers=providers)
 
-    def run_tagger(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        ent, mod, pooled = tagger.run(None, {"input_ids": ids, "attention_mask": mask})
-        return ent, mod, pooled
+    def run_tagger(ids: np.ndarray, mask: np.ndarray) -> TaggerOutput:
+        out = tagger.run(None, {"input_ids": ids, "attention_mask": mask})
+        ent, mod, pooled = out[:3]
+        return ent, mod, pooled, *(out[3:5] if len(out) >= 5 else (None, None))
 
     def run_relation(
         ids: np.ndarray, mask: np.ndarray, e_pos: np.ndarray, pair_batch: np.ndarray, m_pos: np.ndarray
@@ -86,24 +88,6 @@ def onnx_backends(cfg: EngineConfig) -> tuple[TaggerBackend, RelationBackend]:
         return relation.run(None, feeds)[0]
 
     return run_tagger, run_relation
-
-
-@dataclass
-class NoteAnalysis:
-    """Everything one fast-tier pass knows about a note (the router's signals are built from this)."""
-
-    note_id: str | None
-    text: str
-    sentences: list[Sentence]
-    entities: list[F.DecodedSpan]
-    modifiers: list[F.DecodedSpan]
-    relations: list[tuple[int, int, float]]  # (entity index, modifier index, probability)
-    token_offsets: list[tuple[int, int]]
-    entity_probs: np.ndarray  # [tokens, entity tags]
-    modifier_probs: np.ndarray  # [tokens, modifier tags]
-    embedding: np.ndarray  # [hidden] mean of window embeddings, weighted by window length
-    pair_probs: list[tuple[int, int, float]] = field(default_factory=list)  # every candidate pair
-    elapsed_ms: float = 0.0
 
 
 def validate_text(text: object, max_chars: int) -> str:
@@ -132,6 +116,11 @@ def confidence_signals(a: NoteAnalysis) -> dict[str, float]:
         "min_span_confidence": round(min(confs), 4),
         "mean_span_confidence": round(float(np.mean(confs)), 4),
     }
+
+
+def fast_route(a: NoteAnalysis, reason: str = "policy:fast-only") -> Route:
+    """The route of a result the fast tier answered alone."""
+    return Route(tier="bert", escalated=False, reason=reason, signals=confidence_signals(a))
 
 
 class FastTierEngine:
@@ -177,8 +166,10 @@ class FastTierEngine:
             slots[i] = self.to_result(analysis, route(analysis) if route else None)
         return [s for s in slots if s is not None]
 
-    def analyze(self, notes: Sequence[tuple[str | None, str]], progress: bool = False) -> list[NoteAnalysis]:
-        """One fast-tier pass over validated notes."""
+    def analyze(
+        self, notes: Sequence[tuple[str | None, str]], progress: bool = False, relations: bool = True
+    ) -> list[NoteAnalysis]:
+        """One fast-tier pass over validated notes (`relations=False`: tagger only)."""
         if not notes:
             return []
         t0 = time.perf_counter()
@@ -189,18 +180,25 @@ class FastTierEngine:
         mod_probs = [np.zeros((len(e.ids), len(m.modifier_tags)), np.float32) for e in encoded]
         emb_sum = [np.zeros(m.hidden_size, np.float32) for _ in encoded]
         emb_weight = [0.0 for _ in encoded]
+        ent_lse: list[np.ndarray] | None = [np.zeros(len(e.ids), np.float32) for e in encoded]
+        mod_lse: list[np.ndarray] | None = [np.zeros(len(e.ids), np.float32) for e in encoded]
         jobs.sort(key=lambda j: encoded[j[0]].windows[j[1]].end - encoded[j[0]].windows[j[1]].start)
         bar = tqdm(total=len(jobs), desc="tag windows", unit="win", disable=not progress)
         for b in range(0, len(jobs), self.cfg.batch_size):
             batch = jobs[b : b + self.cfg.batch_size]
             seqs = [F.window_inputs(encoded[n], encoded[n].windows[w], self.special) for n, w in batch]
             ids, mask = F.pad_batch(seqs, self.special.pad)
-            ent, mod, pooled = self.run_tagger(ids, mask)
+            ent, mod, pooled, e_lse, m_lse = self.run_tagger(ids, mask)
+            if e_lse is None or m_lse is None:
+                ent_lse = mod_lse = None  # a model exported before the energy signal
             for row, (n, w) in enumerate(batch):
                 win = encoded[n].windows[w]
                 lo, hi = win.own_start - win.start + 1, win.own_end - win.start + 1
                 ent_probs[n][win.own_start : win.own_end] = ent[row, lo:hi]
                 mod_probs[n][win.own_start : win.own_end] = mod[row, lo:hi]
+                if ent_lse is not None and mod_lse is not None and e_lse is not None and m_lse is not None:
+                    ent_lse[n][win.own_start : win.own_end] = e_lse[row, lo:hi]
+                    mod_lse[n][win.own_start : win.own_end] = m_lse[row, lo:hi]
                 size = win.end - win.start
                 emb_sum[n] += pooled[row] * size
                 emb_weight[n] += size
@@ -222,9 +220,13 @@ class FastTierEngine:
                     entity_probs=ent_probs[n],
                     modifier_probs=mod_probs[n],
                     embedding=emb_sum[n] / max(emb_weight[n], 1.0),
+                    entity_lse=ent_lse[n] if ent_lse is not None else None,
+                    modifier_lse=mod_lse[n] if mod_lse is not None else None,
+                    model_tag=self.model_tag,
                 )
             )
-        self._relations(analyses, progress)
+        if relations:
+            self._relations(analyses, progress)
         elapsed = (time.perf_counter() - t0) * 1000
         total_tokens = sum(max(1, len(e.ids)) for e in encoded)
         for a, enc in zip(analyses, encoded, strict=True):
@@ -233,36 +235,7 @@ class FastTierEngine:
 
     def to_result(self, a: NoteAnalysis, route: Route | None = None) -> NoteResult:
         """Contract-shaped result with ids T1.. (entities first, then modifiers, each by offset)."""
-
-        def spans(cls: type[EntitySpan] | type[ModifierSpan], decoded: list[F.DecodedSpan], first: int) -> list:
-            return [
-                cls(
-                    id=f"T{first + i}",
-                    type=s.label,
-                    start=s.start,
-                    end=s.end,
-                    text=a.text[s.start : s.end],
-                    confidence=round(s.confidence, 4),
-                )
-                for i, s in enumerate(decoded)
-            ]
-
-        entities = spans(EntitySpan, a.entities, 1)
-        modifiers = spans(ModifierSpan, a.modifiers, len(entities) + 1)
-        relations = [
-            Relation(entity=entities[e].id, modifier=modifiers[mi].id, confidence=round(p, 4))
-            for e, mi, p in a.relations
-        ]
-        default_route = Route(tier="bert", escalated=False, reason="policy:fast-only", signals=confidence_signals(a))
-        return NoteResult(
-            note_id=a.note_id,
-            entities=entities,
-            modifiers=modifiers,
-            relations=relations,
-            route=route or default_route,
-            models={"bert": self.model_tag},
-            timings_ms={"bert": round(a.elapsed_ms, 2), "total": round(a.elapsed_ms, 2)},
-        )
+        return analysis_to_result(a, route or fast_route(a))
 
     # -- relations --------------------------------------------------------------------------
 

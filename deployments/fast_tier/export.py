@@ -29,6 +29,9 @@ from deployments.fast_tier.modeling import (
 OPSET = 17
 TAGGER_FILES = {"fp32": "tagger.onnx", "int8": "tagger.int8.onnx"}
 RELATION_FILES = {"fp32": "relation.onnx", "int8": "relation.int8.onnx"}
+# The tagger graph's outputs; `*_lse` (log-sum-exp of logits) arrived with the router's energy
+# signal, so models exported before it have only the first three (the engine accepts both).
+TAGGER_OUTPUTS = ["entity_probs", "modifier_probs", "pooled", "entity_lse", "modifier_lse"]
 
 
 def _export(
@@ -83,8 +86,16 @@ def export_tagger(model: JointTagger, out_dir: Path, keep_fp32: bool = True) -> 
         (ids, mask),
         fp32,
         ["input_ids", "attention_mask"],
-        ["entity_probs", "modifier_probs", "pooled"],
-        {"input_ids": seq, "attention_mask": seq, "entity_probs": seq, "modifier_probs": seq, "pooled": {0: "batch"}},
+        TAGGER_OUTPUTS,
+        {
+            "input_ids": seq,
+            "attention_mask": seq,
+            "entity_probs": seq,
+            "modifier_probs": seq,
+            "pooled": {0: "batch"},
+            "entity_lse": seq,
+            "modifier_lse": seq,
+        },
     )
     quantize(fp32, out_dir / TAGGER_FILES["int8"])
     if not keep_fp32:
@@ -129,4 +140,5 @@ def reexport(model_dir: Path) -> None:
     export_tagger(tagger, model_dir)
     export_relation(load_relation(weights / "relation"), model_dir)
     manifest.quantization = QUANT_RECIPE
+    manifest.energy_outputs = True
     (model_dir / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))

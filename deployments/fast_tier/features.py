@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tokenizers import Tokenizer
 
+from clinie.analysis import DecodedSpan
 from clinie.schema import ENTITY_TYPES, MODIFIER_TYPES, is_allowed_pair
 from clinie.windows import Sentence, TokenWindow, sentence_index, token_windows
 
@@ -146,19 +147,6 @@ def viterbi(probs: np.ndarray, tags: Sequence[str]) -> list[int]:
     for t in range(len(probs) - 1, 0, -1):
         path.append(int(back[t, path[-1]]))
     return path[::-1]
-
-
-@dataclass
-class DecodedSpan:
-    """A span decoded from tags, with its token range and token-probability statistics."""
-
-    label: str
-    start: int
-    end: int
-    token_start: int
-    token_end: int
-    confidence: float  # mean probability of the chosen tag over the span's tokens
-    min_prob: float  # lowest probability of the chosen tag over the span's tokens
 
 
 def decode_spans(

@@ -57,7 +57,8 @@ class JointTagger(nn.Module):
 
 
 class TaggerForExport(nn.Module):
-    """Probabilities instead of logits, so serving needs no softmax of its own."""
+    """Probabilities instead of logits, so serving needs no softmax of its own, plus each token's
+    log-sum-exp of logits (the router's energy score; probabilities alone cannot give it)."""
 
     def __init__(self, tagger: JointTagger):
         super().__init__()
@@ -65,9 +66,9 @@ class TaggerForExport(nn.Module):
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         ent, mod, pooled = self.tagger(input_ids, attention_mask)
-        return ent.softmax(-1), mod.softmax(-1), pooled
+        return ent.softmax(-1), mod.softmax(-1), pooled, ent.logsumexp(-1), mod.logsumexp(-1)
 
 
 class RelationClassifier(nn.Module):

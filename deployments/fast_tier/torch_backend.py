@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from deployments.fast_tier.config import MANIFEST_NAME, ModelManifest
-from deployments.fast_tier.engine import RelationBackend, TaggerBackend
+from deployments.fast_tier.engine import RelationBackend, TaggerBackend, TaggerOutput
 from deployments.fast_tier.modeling import RelationForExport, TaggerForExport, load_relation, load_tagger
 
 
@@ -23,9 +23,9 @@ def torch_backends(model_dir: Path) -> tuple[TaggerBackend, RelationBackend]:
     relation = RelationForExport(load_relation(weights / "relation"))
 
     @torch.inference_mode()
-    def run_tagger(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        ent, mod, pooled = tagger(torch.from_numpy(ids), torch.from_numpy(mask))
-        return ent.numpy(), mod.numpy(), pooled.numpy()
+    def run_tagger(ids: np.ndarray, mask: np.ndarray) -> TaggerOutput:
+        ent, mod, pooled, ent_lse, mod_lse = tagger(torch.from_numpy(ids), torch.from_numpy(mask))
+        return ent.numpy(), mod.numpy(), pooled.numpy(), ent_lse.numpy(), mod_lse.numpy()
 
     @torch.inference_mode()
     def run_relation(

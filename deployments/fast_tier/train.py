@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from clinie.brat import Document, corpus_hash, read_corpus
+from clinie.ood import OOD_FILE, OODStats
 from clinie.windows import split_sentences
 from deployments.fast_tier import features as F
 from deployments.fast_tier.config import (
@@ -305,6 +306,7 @@ def train(cfg: TrainConfig) -> Path:
         relation_threshold=cfg.relation_threshold,
         hidden_size=hidden,
         quantization=QUANT_RECIPE,
+        energy_outputs=True,
     )
     (staging / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
     if cfg.keep_pytorch:
@@ -316,6 +318,7 @@ def train(cfg: TrainConfig) -> Path:
     export_relation(relation, staging, keep_fp32=cfg.export_fp32)
     bar.update(1)
     bar.close()
+    fit_ood(staging, train_docs)
     train_seconds = time.perf_counter() - t0
 
     card: dict[str, object] = {
@@ -359,6 +362,19 @@ def _sum_issues(docs: Sequence[Document]) -> dict[str, int]:
         for k, v in d.issues.items():
             total[k] = total.get(k, 0) + v
     return total
+
+
+def fit_ood(model_dir: Path, train_docs: Sequence[Document]) -> OODStats:
+    """Fit the router's out-of-distribution statistics on the training notes' pooled embeddings
+    (int8, as served) and store them with the model."""
+    from deployments.fast_tier.config import EngineConfig
+    from deployments.fast_tier.engine import FastTierEngine
+
+    engine = FastTierEngine(EngineConfig(model_dir=model_dir))
+    analyses = engine.analyze([(d.name, d.text) for d in train_docs], progress=True, relations=False)
+    stats = OODStats.fit(np.stack([a.embedding for a in analyses]))
+    stats.save(model_dir / OOD_FILE)
+    return stats
 
 
 def evaluate_dir(model_dir: Path, docs: Sequence[Document], precision: str) -> dict[str, object]:

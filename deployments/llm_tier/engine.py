@@ -29,6 +29,10 @@ class LLMTimeout(TimeoutError):
     """A note's extraction missed its deadline; the engine's requests for it were aborted."""
 
 
+class LLMUnavailable(RuntimeError):
+    """The LLM tier is not ready (starting or failed); the caller answers from the fast tier."""
+
+
 class LLMEngine(Protocol):
     """What the LLM tier needs from an engine: chat prompts in, generated texts out, in order."""
 
@@ -130,18 +134,30 @@ class LLMTier:
         self.cfg = cfg
 
     async def extract(
-        self, note_id: str | None, text: str, timeout_s: float | None = None, reason: str = "policy:llm-only"
+        self,
+        note_id: str | None,
+        text: str,
+        timeout_s: float | None = None,
+        reason: str = "policy:llm-only",
+        ranges: list[tuple[int, int]] | None = None,
     ) -> NoteResult:
-        """The note's result from the LLM tier; raises LLMTimeout past the deadline."""
+        """The note's result from the LLM tier; raises LLMTimeout past the deadline.
+
+        With `ranges` (character ranges, e.g. the sentences a router escalated) only the parts of
+        the note inside them are sent to the model; offsets stay those of the whole note.
+        """
         t0 = time.perf_counter()
+        limit = timeout_s or self.cfg.request_timeout_s
         try:
-            ext = await asyncio.wait_for(self._run(text), timeout_s or self.cfg.request_timeout_s)
+            ext = await asyncio.wait_for(self._run(text, ranges), limit)
         except TimeoutError as exc:
-            raise LLMTimeout(f"LLM tier did not answer within {timeout_s or self.cfg.request_timeout_s:.1f} s") from exc
+            raise LLMTimeout(f"LLM tier did not answer within {limit:.1f} s") from exc
         return X.to_result(note_id, text, ext, self.engine.model_tag, (time.perf_counter() - t0) * 1000, reason)
 
-    async def _run(self, text: str) -> X.LLMExtraction:
+    async def _run(self, text: str, ranges: list[tuple[int, int]] | None = None) -> X.LLMExtraction:
         chunks = X.chunk_note(text, self.cfg.max_chunk_chars)
+        if ranges is not None:
+            chunks = [c for c in chunks if any(c.start < e and s < c.end for s, e in ranges)]
         outputs = await self.engine.generate(X.entity_requests(text, chunks), self.cfg.max_new_tokens)
         ext = X.parse_entities(text, chunks, outputs)
         requests = X.modifier_requests(text, chunks, ext.entities)

@@ -1,0 +1,49 @@
+"""The fast tier as a Ray Serve deployment: one ONNX Runtime engine per replica, requests from
+concurrent callers grouped by `@serve.batch` so one model call serves several notes.
+
+The batch runs in a worker thread: ONNX Runtime releases the GIL, and the replica's event loop
+stays free to accept the next batch while this one computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from ray import serve
+
+from clinie.analysis import NoteAnalysis
+from deployments.fast_tier.config import EngineConfig
+from deployments.fast_tier.engine import FastTierEngine
+
+# Largest number of notes grouped into one engine call; the engine further batches windows.
+MAX_BATCH_NOTES = 8
+
+
+@serve.deployment(name="FastTier")
+class FastTierDeployment:
+    """`analyze(note_id, text)` -> NoteAnalysis (text already validated by the caller)."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        precision: str = "int8",
+        max_batch_size: int = MAX_BATCH_NOTES,
+        batch_wait_timeout_s: float = 0.005,
+        threads: int = 0,
+    ):
+        cfg = EngineConfig(model_dir=Path(model_dir), precision=precision, intra_op_threads=threads)  # type: ignore[arg-type]
+        self.engine = FastTierEngine(cfg)
+        self.analyze_batch.set_max_batch_size(max_batch_size)
+        self.analyze_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=MAX_BATCH_NOTES, batch_wait_timeout_s=0.005)
+    async def analyze_batch(self, notes: list[tuple[str | None, str]]) -> list[NoteAnalysis]:
+        return await asyncio.to_thread(self.engine.analyze, notes)
+
+    async def analyze(self, note_id: str | None, text: str) -> NoteAnalysis:
+        return await self.analyze_batch((note_id, text))
+
+    def info(self) -> dict[str, str]:
+        """Model tag and directory, for /readyz and result `models`."""
+        return {"model": self.engine.model_tag, "model_dir": str(self.engine.cfg.model_dir)}

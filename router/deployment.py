@@ -1,0 +1,84 @@
+"""The router as a Ray Serve deployment. Policies arrive through `user_config`, so
+`serve deploy` with a changed policy file (or `serve.run` with new user_config) reconfigures the
+running replicas without a redeploy; a config that fails validation is refused and the running
+one stays in force (the error is logged with the offending field and shown by `status()`).
+
+user_config keys: `policies_file` (a YAML/JSON policy file, read on every reconfigure) and/or
+`config` (an inline RouterConfig mapping, which wins over the file).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from clinie.analysis import NoteAnalysis
+from clinie.ood import OODStats
+from router.config import PolicyConfigError, RouterConfig, fallback_config, load_router_config, parse_router_config
+from router.policies import Decision
+from router.router import LoadState, Router
+from router.signals import compute_signals
+
+log = logging.getLogger(__name__)
+# Relative policy files are relative to the repository (a replica's working directory is Ray's).
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@serve.deployment(name="Router")
+class RouterDeployment:
+    """`route(analysis, policy, load, deadline_ms)` -> (Decision, note-level signals)."""
+
+    def __init__(self, ood_stats: str | None = None):
+        self.ood = OODStats.load(Path(ood_stats)) if ood_stats and Path(ood_stats).exists() else None
+        self.router = Router(fallback_config())
+        self.last_error = ""
+        self.source = "built-in fallback"
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        try:
+            if user_config.get("config"):
+                cfg: RouterConfig = parse_router_config(user_config["config"])
+                source = "user_config.config"
+            elif user_config.get("policies_file"):
+                path = Path(user_config["policies_file"])
+                cfg = load_router_config(path if path.is_absolute() else REPO_ROOT / path)
+                source = str(user_config["policies_file"])
+            else:
+                cfg, source = fallback_config(), "built-in fallback"
+            self.router.reconfigure(cfg)
+            self.source, self.last_error = source, ""
+            log.info("router policies loaded from %s: %s", source, ", ".join(self.router.known))
+        except PolicyConfigError as exc:
+            # Refuse, keep serving with the running policies, and make the refusal visible.
+            self.last_error = str(exc)
+            log.error("router policy update refused (running policies kept): %s", exc)
+
+    def known(self) -> list[str]:
+        return self.router.known
+
+    def default_policy(self) -> str:
+        return self.router.config.default_policy
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "policies": self.router.known,
+            "default_policy": self.router.config.default_policy,
+            "source": self.source,
+            "last_error": self.last_error,
+            "ood_stats": self.ood is not None,
+            **self.router.rates(),
+        }
+
+    def route(
+        self, analysis: NoteAnalysis, policy: str | None, load: LoadState, deadline_ms: float | None
+    ) -> tuple[Decision, dict[str, float], list[tuple[int, int]]]:
+        """The decision, the note-level signals (for `route.signals`) and the sentence ranges."""
+        signals = compute_signals(analysis, self.ood)
+        decision = self.router.decide(signals, policy, load, deadline_ms)
+        return decision, signals.note, signals.sentences
+
+    def cost_model(self) -> dict[str, float]:
+        return self.router.config.costs.model_dump()

@@ -1,0 +1,114 @@
+"""The policy interface: one method to implement (`decide`), one name to register (`@register`).
+
+A policy sees a note's signals (and, through the router, nothing else it could block on) and
+returns a `Decision`. Load and budget guards that every escalation must pass live in the router,
+not in each policy, so a new policy cannot forget them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from router.signals import NoteSignals
+
+
+class CostModel(BaseModel):
+    """What a routing decision costs, in the user's own units (dollars, GPU-seconds, credits)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    llm_cost_per_token: float = Field(default=1.0, ge=0, description="Cost of one LLM token (prompt or output).")
+    fast_cost_per_call: float = Field(default=0.0, ge=0, description="Cost of one fast-tier pass over a note.")
+    chars_per_token: float = Field(default=4.0, gt=0, description="Characters per LLM token, for estimates.")
+    llm_tokens_per_sentence: float = Field(
+        default=350.0,
+        ge=0,
+        description="Fixed LLM tokens per escalated sentence (instructions, one-shot example, markup), "
+        "on top of three times the sentence's own tokens (prompt, rewritten answer, modifier step).",
+    )
+
+    def llm_tokens(self, sentence_chars: list[int]) -> float:
+        """Estimated LLM tokens to extract sentences of these lengths."""
+        return sum(self.llm_tokens_per_sentence + 3 * c / self.chars_per_token for c in sentence_chars)
+
+
+class Decision(BaseModel):
+    """What to do with one note."""
+
+    action: Literal["fast", "note", "sentences"] = Field(
+        description="`fast`: the fast tier's answer stands; `note`: the LLM tier answers the whole note; "
+        "`sentences`: the LLM tier answers the listed sentences and the results are merged."
+    )
+    sentences: list[int] = Field(default_factory=list, description="Sentence indexes to escalate (`sentences`).")
+    reason: str = Field(description="Why, for `route.reason`.")
+    llm_tokens: float = Field(default=0.0, ge=0, description="Estimated LLM tokens this decision spends.")
+
+    @property
+    def escalates(self) -> bool:
+        return self.action != "fast"
+
+
+@dataclass
+class RouteContext:
+    """What a policy decides on."""
+
+    signals: NoteSignals
+    costs: CostModel
+
+    def all_sentences(self) -> list[int]:
+        return list(range(len(self.signals.sentences)))
+
+    def escalate(self, sentences: list[int], reason: str, whole_note: bool = False) -> Decision:
+        """A decision sending `sentences` (or the whole note) to the LLM tier, with its token estimate."""
+        chars = self.signals.sentence_chars
+        chosen = self.all_sentences() if whole_note else sorted(sentences)
+        tokens = self.costs.llm_tokens([chars[i] for i in chosen])
+        return Decision(
+            action="note" if whole_note else "sentences",
+            sentences=[] if whole_note else chosen,
+            reason=reason,
+            llm_tokens=tokens,
+        )
+
+
+class PolicyConfig(BaseModel):
+    """Base of every policy's configuration; `kind` names the registered implementation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(description="Registered policy kind (`threshold`, `budget`, ...).")
+
+
+class Policy(ABC):
+    """A routing policy. Subclasses set `Config` and implement `decide`."""
+
+    Config: ClassVar[type[PolicyConfig]] = PolicyConfig
+
+    def __init__(self, name: str, config: PolicyConfig, resolve: Callable[[str], Policy]):
+        self.name = name
+        self.config = config
+        self._resolve = resolve  # other configured policies, by name (for wrappers such as budget)
+
+    @abstractmethod
+    def decide(self, ctx: RouteContext) -> Decision:
+        """The routing decision for one note."""
+
+
+REGISTRY: dict[str, type[Policy]] = {}
+
+
+def register(kind: str) -> Callable[[type[Policy]], type[Policy]]:
+    """Class decorator: make a policy implementation available as `kind` in policy files."""
+
+    def add(cls: type[Policy]) -> type[Policy]:
+        if kind in REGISTRY:
+            raise ValueError(f"policy kind {kind!r} is already registered")
+        REGISTRY[kind] = cls
+        return cls
+
+    return add

@@ -1,0 +1,133 @@
+"""The router: named policies from a `RouterConfig`, plus the guards every escalation passes.
+
+`decide` is the whole per-note decision: the named policy's choice, then the load guard (an
+unavailable or overloaded LLM tier means the fast tier answers and says why, so nothing ever
+queues without bound behind the LLM tier). `reconfigure` swaps the configuration atomically and
+keeps the running one when the new one fails validation.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field
+
+from router.config import PolicyConfigError, RouterConfig
+from router.policies import REGISTRY, Decision, Policy, RouteContext
+from router.signals import NoteSignals
+
+
+class UnknownPolicy(KeyError):
+    """A request named a policy the router does not have."""
+
+    def __init__(self, name: str, known: list[str]):
+        super().__init__(name)
+        self.message = f"unknown policy {name!r}; known policies: {', '.join(known)}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class LoadState(BaseModel):
+    """The LLM tier as the caller sees it right now."""
+
+    llm_available: bool = Field(default=True, description="Whether an LLM tier is deployed and started.")
+    llm_in_flight: int = Field(default=0, ge=0, description="LLM-tier requests queued or running.")
+    llm_p50_ms: float | None = Field(default=None, ge=0, description="Recent median LLM-tier latency per note.")
+
+
+@dataclass
+class _Counters:
+    notes: int = 0
+    escalated_notes: int = 0
+    sentences: int = 0
+    escalated_sentences: int = 0
+
+
+class Router:
+    """Policies by name with hot reload, load guard and realized-rate counters."""
+
+    def __init__(self, config: RouterConfig):
+        self._lock = threading.Lock()
+        self._counts = _Counters()
+        self._install(config, previous=None)
+
+    def _install(self, config: RouterConfig, previous: dict[str, Policy] | None) -> None:
+        policies: dict[str, Policy] = {}
+
+        def resolve(name: str) -> Policy:
+            return policies[name]
+
+        for name, cfg in config.all_policies().items():
+            old = (previous or {}).get(name)
+            # an unchanged policy keeps its instance (and so its budget bucket's level)
+            policies[name] = old if old is not None and old.config == cfg else REGISTRY[cfg.kind](name, cfg, resolve)
+            policies[name]._resolve = resolve
+        self.config, self.policies = config, policies
+
+    def reconfigure(self, config: RouterConfig | dict) -> None:
+        """Swap in a new configuration; on PolicyConfigError the running one stays in force."""
+        from router.config import parse_router_config
+
+        new = config if isinstance(config, RouterConfig) else parse_router_config(config)
+        with self._lock:
+            self._install(new, previous=self.policies)
+
+    @property
+    def known(self) -> list[str]:
+        return sorted(self.policies)
+
+    def check(self, name: str | None) -> str:
+        """The policy name a request gets; raises UnknownPolicy."""
+        chosen = name or self.config.default_policy
+        if chosen not in self.policies:
+            raise UnknownPolicy(chosen, self.known)
+        return chosen
+
+    def decide(
+        self,
+        signals: NoteSignals,
+        policy: str | None = None,
+        load: LoadState | None = None,
+        deadline_ms: float | None = None,
+    ) -> Decision:
+        name = self.check(policy)
+        with self._lock:
+            chosen, costs, limits = self.policies[name], self.config.costs, self.config.load
+        decision = chosen.decide(RouteContext(signals=signals, costs=costs))
+        load = load or LoadState()
+        if decision.escalates:
+            if not load.llm_available:
+                decision = Decision(action="fast", reason="llm_tier_unavailable")
+            elif load.llm_in_flight >= limits.max_llm_queue or (
+                deadline_ms is not None
+                and load.llm_p50_ms is not None
+                and load.llm_p50_ms * limits.latency_headroom > deadline_ms
+            ):
+                decision = Decision(action="fast", reason="llm_overloaded")
+        self._count(signals, decision)
+        return decision
+
+    def _count(self, signals: NoteSignals, d: Decision) -> None:
+        n = len(signals.sentences)
+        escalated = n if d.action == "note" else len(d.sentences)
+        with self._lock:
+            c = self._counts
+            c.notes += 1
+            c.escalated_notes += int(d.escalates)
+            c.sentences += n
+            c.escalated_sentences += escalated
+
+    def rates(self) -> dict[str, float]:
+        """Realized escalation rates since start (exported as metrics, so drift shows)."""
+        with self._lock:
+            c = self._counts
+            return {
+                "notes": float(c.notes),
+                "note_escalation_rate": c.escalated_notes / c.notes if c.notes else 0.0,
+                "sentence_escalation_rate": c.escalated_sentences / c.sentences if c.sentences else 0.0,
+            }
+
+
+__all__ = ["LoadState", "PolicyConfigError", "Router", "UnknownPolicy"]

@@ -1,0 +1,65 @@
+"""The application graph: Ingress -> (FastTier, Router, LLMTier), composed with DeploymentHandles.
+
+`build_app(args)` is the application builder that `serve deploy` configs name
+(`import_path: serve_app.app:build_app`); `clinie serve` calls it too. The tiers and the router
+never import each other: this module wires them together at bind time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray.serve import Application
+
+from clinie.ood import OOD_FILE
+from deployments.fast_tier.default import REPO_ROOT, resolve_model_dir
+from deployments.fast_tier.deployment import FastTierDeployment
+from deployments.llm_tier.config import LLMTierConfig
+from deployments.llm_tier.deployment import LLMTierDeployment
+from router.deployment import RouterDeployment
+from serve_app.config import AppConfig
+from serve_app.ingress import Ingress
+from serve_app.pipeline import policies_path
+
+
+def _repo_path(value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def llm_config_of(cfg: AppConfig) -> LLMTierConfig:
+    if cfg.llm_config is None:
+        return cfg.llm
+    return LLMTierConfig.model_validate(yaml.safe_load(_repo_path(cfg.llm_config).read_text()))
+
+
+def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
+    """Bind the four deployments. Options in `deployment_options` override the code defaults."""
+    cfg = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
+    model_dir = resolve_model_dir(_repo_path(cfg.fast_tier_model) if cfg.fast_tier_model else None)
+    llm_cfg = llm_config_of(cfg)
+    opts = cfg.deployment_options
+
+    fast = FastTierDeployment.options(**opts.get("FastTier", {})).bind(
+        str(model_dir),
+        cfg.fast_tier_precision,
+        cfg.fast_max_batch_size,
+        cfg.fast_batch_wait_timeout_s,
+        cfg.fast_tier_threads,
+    )
+    router_opts = dict(opts.get("Router", {}))
+    if cfg.policies_file or "user_config" not in router_opts:  # an explicit policy file wins
+        router_opts["user_config"] = {"policies_file": str(policies_path(cfg.policies_file))}
+    router = RouterDeployment.options(**router_opts).bind(str(model_dir / OOD_FILE))
+    llm = None
+    if cfg.llm_enabled:
+        llm_opts = dict(opts.get("LLMTier", {}))
+        if llm_cfg.accelerator == "gpu" and "placement_group_bundles" not in llm_opts:
+            # one engine per replica; TP=N reserves N GPUs on one node
+            llm_opts["placement_group_bundles"] = [{"CPU": 1, "GPU": 1}] * llm_cfg.tensor_parallel_size
+            llm_opts["placement_group_strategy"] = "STRICT_PACK"
+        llm = LLMTierDeployment.options(**llm_opts).bind(llm_cfg.model_dump(mode="json"))
+    ingress_cfg = cfg.model_copy(update={"llm": llm_cfg}).model_dump(mode="json")
+    return Ingress.options(**opts.get("Ingress", {})).bind(fast, router, llm, ingress_cfg)
