@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench-fast clean-venv
+.PHONY: setup run example test lint bench-fast bench-router bench-load clean-venv
 
 setup: $(STAMP)
 
@@ -17,8 +17,14 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# Builds (first run only, cached in ~/.cache/clinie) and runs the embedded default fast tier.
+# Builds the embedded default models (first run only, cached in ~/.cache/clinie) and serves the
+# whole application (HTTP :8000, gRPC :9000) until Ctrl-C.
 run: setup
+	$(BIN)/clinie build-default
+	$(BIN)/clinie serve
+
+# The same pipeline in process, no server: one example note to stdout.
+example: setup
 	$(BIN)/clinie build-default
 	$(BIN)/clinie extract examples/note.txt
 
@@ -31,6 +37,12 @@ test: setup lint
 
 bench-fast: setup
 	$(BIN)/python -m benchmarks.fast_tier
+
+bench-router: setup
+	$(BIN)/python -m benchmarks.router_eval
+
+bench-load: setup
+	$(BIN)/python -m benchmarks.load
 
 clean-venv:
 	rm -rf $(VENV)

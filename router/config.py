@@ -68,24 +68,29 @@ class RouterConfig(BaseModel):
         merged = {**self.policies, **BUILTIN}
         if self.default_policy not in merged:
             raise ValueError(f"default_policy: {self.default_policy!r} is not a configured policy")
+        # validate every policy first, so that following an `inner` chain below never meets an
+        # unvalidated spec (an unknown kind there raised KeyError instead of naming the field)
+        validated: dict[str, PolicyConfig] = {}
         for name, spec in merged.items():
             kind = spec.get("kind") if isinstance(spec, dict) else None
-            if kind not in REGISTRY:
+            if not isinstance(kind, str) or kind not in REGISTRY:  # unhashable kinds raised TypeError
                 raise ValueError(f"policies.{name}.kind: unknown kind {kind!r}; known: {', '.join(sorted(REGISTRY))}")
             try:
-                cfg = REGISTRY[kind].Config.model_validate(spec)
+                validated[name] = REGISTRY[kind].Config.model_validate(spec)
             except ValidationError as exc:
                 err = exc.errors()[0]
                 where = ".".join(str(p) for p in err["loc"])
-                raise ValueError(f"policies.{name}{'.' + where if where else ''}: {err['msg']}") from None
+                msg = err["msg"].removeprefix("Value error, ")
+                raise ValueError(f"policies.{name}{'.' + where if where else ''}: {msg}") from None
+        for name, cfg in validated.items():
             seen = {name}
             while (inner := getattr(cfg, "inner", None)) is not None:
-                if inner not in merged:
+                if inner not in validated:
                     raise ValueError(f"policies.{name}.inner: {inner!r} is not a configured policy")
                 if inner in seen:
                     raise ValueError(f"policies.{name}.inner: policies wrap each other in a cycle")
                 seen.add(inner)
-                cfg = REGISTRY[merged[inner]["kind"]].Config.model_validate(merged[inner])
+                cfg = validated[inner]
         return self
 
     def all_policies(self) -> dict[str, PolicyConfig]:
@@ -110,6 +115,8 @@ def load_router_config(path: Path) -> RouterConfig:
         text = path.read_text()
     except OSError as exc:
         raise PolicyConfigError(f"cannot read policy file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise PolicyConfigError(f"policy file {path} is not UTF-8 text") from None
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:

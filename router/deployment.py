@@ -4,7 +4,8 @@ running replicas without a redeploy; a config that fails validation is refused a
 one stays in force (the error is logged with the offending field and shown by `status()`).
 
 user_config keys: `policies_file` (a YAML/JSON policy file, read on every reconfigure) and/or
-`config` (an inline RouterConfig mapping, which wins over the file).
+`config` (an inline RouterConfig mapping, which wins over the file); `policies_sha256` (added by
+the application builder) changes with the file's content so that Serve sees a new user_config.
 """
 
 from __future__ import annotations

@@ -63,7 +63,10 @@ class Router:
             old = (previous or {}).get(name)
             # an unchanged policy keeps its instance (and so its budget bucket's level)
             policies[name] = old if old is not None and old.config == cfg else REGISTRY[cfg.kind](name, cfg, resolve)
-            policies[name]._resolve = resolve
+        # kept instances are still in use by requests on the running config: point them at the new
+        # policies only once all of them exist (a wrapper could otherwise resolve a missing name)
+        for policy in policies.values():
+            policy._resolve = resolve
         self.config, self.policies = config, policies
 
     def reconfigure(self, config: RouterConfig | dict) -> None:
@@ -92,20 +95,22 @@ class Router:
         load: LoadState | None = None,
         deadline_ms: float | None = None,
     ) -> Decision:
-        name = self.check(policy)
-        with self._lock:
+        with self._lock:  # config and policies of one reload together (a reload swaps both)
+            name = self.check(policy)
             chosen, costs, limits = self.policies[name], self.config.costs, self.config.load
-        decision = chosen.decide(RouteContext(signals=signals, costs=costs))
         load = load or LoadState()
-        if decision.escalates:
-            if not load.llm_available:
-                decision = Decision(action="fast", reason="llm_tier_unavailable")
-            elif load.llm_in_flight >= limits.max_llm_queue or (
-                deadline_ms is not None
-                and load.llm_p50_ms is not None
-                and load.llm_p50_ms * limits.latency_headroom > deadline_ms
-            ):
-                decision = Decision(action="fast", reason="llm_overloaded")
+        blocked: str | None = None
+        if not load.llm_available:
+            blocked = "llm_tier_unavailable"
+        elif load.llm_in_flight >= limits.max_llm_queue or (
+            deadline_ms is not None
+            and load.llm_p50_ms is not None
+            and load.llm_p50_ms * limits.latency_headroom > deadline_ms
+        ):
+            blocked = "llm_overloaded"
+        decision = chosen.decide(RouteContext(signals=signals, costs=costs, llm_blocked=blocked))
+        if decision.escalates and blocked is not None:
+            decision = Decision(action="fast", reason=blocked)
         self._count(signals, decision)
         return decision
 

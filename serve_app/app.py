@@ -7,6 +7,7 @@ never import each other: this module wires them together at bind time.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,20 @@ def llm_config_of(cfg: AppConfig) -> LLMTierConfig:
     return LLMTierConfig.model_validate(yaml.safe_load(_repo_path(cfg.llm_config).read_text()))
 
 
+def with_file_digest(user_config: dict[str, Any]) -> dict[str, Any]:
+    """Add the policy file's content digest to the Router's user_config: Serve reconfigures a
+    replica only when user_config changes, so an edited file (same path) must change it too.
+    Re-running `serve deploy` / `serve.run` after editing the file then hot-reloads the policies."""
+    if not user_config.get("policies_file"):
+        return user_config
+    path = _repo_path(str(user_config["policies_file"]))
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        digest = "unreadable"  # the Router reports the read error and keeps its policies
+    return {**user_config, "policies_sha256": digest}
+
+
 def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     """Bind the four deployments. Options in `deployment_options` override the code defaults."""
     cfg = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
@@ -42,17 +57,20 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     llm_cfg = llm_config_of(cfg)
     opts = cfg.deployment_options
 
-    fast = FastTierDeployment.options(**opts.get("FastTier", {})).bind(
+    fast_args = (
         str(model_dir),
         cfg.fast_tier_precision,
         cfg.fast_max_batch_size,
         cfg.fast_batch_wait_timeout_s,
         cfg.fast_tier_threads,
     )
+    fast = FastTierDeployment.options(**opts.get("FastTier", {})).bind(*fast_args)
     router_opts = dict(opts.get("Router", {}))
     if cfg.policies_file or "user_config" not in router_opts:  # an explicit policy file wins
         router_opts["user_config"] = {"policies_file": str(policies_path(cfg.policies_file))}
-    router = RouterDeployment.options(**router_opts).bind(str(model_dir / OOD_FILE))
+    router_opts["user_config"] = with_file_digest(router_opts["user_config"])
+    ood = str(model_dir / OOD_FILE)
+    router = RouterDeployment.options(**router_opts).bind(ood)
     llm = None
     if cfg.llm_enabled:
         llm_opts = dict(opts.get("LLMTier", {}))
@@ -60,6 +78,7 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
             # one engine per replica; TP=N reserves N GPUs on one node
             llm_opts["placement_group_bundles"] = [{"CPU": 1, "GPU": 1}] * llm_cfg.tensor_parallel_size
             llm_opts["placement_group_strategy"] = "STRICT_PACK"
-        llm = LLMTierDeployment.options(**llm_opts).bind(llm_cfg.model_dump(mode="json"))
+        llm_args = llm_cfg.model_dump(mode="json")
+        llm = LLMTierDeployment.options(**llm_opts).bind(llm_args)
     ingress_cfg = cfg.model_copy(update={"llm": llm_cfg}).model_dump(mode="json")
     return Ingress.options(**opts.get("Ingress", {})).bind(fast, router, llm, ingress_cfg)

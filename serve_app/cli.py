@@ -160,6 +160,251 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- calibrate ----------------------------------------------------------------------------------
+
+DEFAULT_POLICY_FILE = Path(__file__).resolve().parent / "configs" / "policies.default.yaml"
+FALLBACK_BUDGET = {"rate_per_minute": 600_000, "burst": 100_000}  # as router.config.fallback_config
+
+
+def _check_calibrate_args(args: argparse.Namespace) -> None:
+    """Everything about the arguments that can be refused before any model is loaded."""
+    from router.signals import SIGNALS
+    from router.simulate import F1_KEYS
+
+    known = sorted(k for k, s in SIGNALS.items() if s.scope == "sentence")
+    if args.signal not in known:
+        extra = " (a note-level signal: use the threshold policy's ood_threshold)" if args.signal in SIGNALS else ""
+        raise UsageError(f"unknown signal {args.signal!r}{extra}; known sentence signals: {', '.join(known)}")
+    if args.target_rate is not None and not 0.0 <= args.target_rate <= 1.0:
+        raise UsageError(f"--target-rate must be within 0..1, not {args.target_rate}")
+    if args.unit == "note" and args.target_rate is None:
+        raise UsageError("--unit note goes with --target-rate only (F1 and budget targets are per sentence)")
+    if args.target_f1 is not None:
+        if not 0.0 < args.target_f1 <= 1.0:
+            raise UsageError(f"--target-f1 must be within 0..1, not {args.target_f1}")
+        if not args.llm_pred:
+            raise UsageError("--target-f1 needs --llm-pred: the LLM tier's predictions (JSONL) on the gold notes")
+        if not Path(args.llm_pred).is_file():
+            raise UsageError(f"LLM predictions file not found: {args.llm_pred}")
+        if args.f1_metric not in F1_KEYS:
+            raise UsageError(f"unknown --f1-metric {args.f1_metric!r}; known: {', '.join(F1_KEYS)}")
+    elif args.llm_pred:
+        raise UsageError("--llm-pred goes with --target-f1")
+    if args.budget_per_minute is not None:
+        if args.budget_per_minute < 0:
+            raise UsageError("--budget-per-minute must not be negative")
+        if args.notes_per_minute is None or args.notes_per_minute <= 0:
+            raise UsageError("--budget-per-minute needs --notes-per-minute N (expected traffic, N > 0)")
+    elif args.notes_per_minute is not None:
+        raise UsageError("--notes-per-minute goes with --budget-per-minute")
+    if Path(args.output).suffix not in (".yaml", ".yml"):
+        raise UsageError(f"--output must be a .yaml file (it carries a comment header), not {args.output}")
+
+
+def _load_base_policies(path: Path) -> tuple[dict[str, Any], Any]:
+    """The base policy file as a raw mapping (to rewrite) and as a validated RouterConfig."""
+    import yaml
+
+    from router import PolicyConfigError, load_router_config
+
+    try:
+        cfg = load_router_config(path)
+    except PolicyConfigError as exc:
+        raise UsageError(f"--base: {exc}") from exc
+    raw = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    return raw, cfg
+
+
+def calibrated_policies(
+    base: dict[str, Any],
+    signal: str,
+    threshold: float,
+    scope: str,
+    budget_per_minute: float | None = None,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The base policy mapping with `calibrated` (the threshold) and `default` (a budget wrapping
+    it) put in, `default` made the default policy. The budget keeps the base's numbers (its
+    default policy's when that is a budget, else its first budget policy's, else the built-in
+    fallback's); `budget_per_minute` replaces the refill rate. Returns (mapping, budget numbers)."""
+    raw = dict(base)
+    policies = {k: dict(v) if isinstance(v, dict) else v for k, v in (raw.get("policies") or {}).items()}
+    budgets = [v for v in policies.values() if isinstance(v, dict) and v.get("kind") == "budget"]
+    chosen = policies.get(raw.get("default_policy", "default"))
+    src = chosen if isinstance(chosen, dict) and chosen.get("kind") == "budget" else (budgets or [FALLBACK_BUDGET])[0]
+    budget = {"rate_per_minute": src["rate_per_minute"], "burst": src["burst"]}
+    if budget_per_minute is not None:
+        budget["rate_per_minute"] = budget_per_minute
+    policies["calibrated"] = {"kind": "threshold", "signal": signal, "threshold": float(threshold), "scope": scope}
+    policies["default"] = {"kind": "budget", "inner": "calibrated", **budget}
+    raw["policies"] = policies
+    raw["default_policy"] = "default"
+    return raw, budget
+
+
+def _read_llm_results(path: Path, names: set[str]) -> tuple[dict[str, Any], int]:
+    """LLM predictions (NoteResult JSONL) of the named notes; returns (results, lines unusable)."""
+    from pydantic import ValidationError
+
+    from clinie.schema import NoteResult
+
+    preds, skipped = load_predictions(path)
+    out: dict[str, Any] = {}
+    for name, obj in preds.items():
+        if name not in names:
+            continue
+        try:
+            out[name] = NoteResult.model_validate(obj)
+        except ValidationError:
+            skipped += 1
+    return out, skipped
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Choose the threshold of a policy on a labelled set and write the policy file."""
+    import numpy as np
+    import yaml
+
+    from clinie.brat import read_corpus
+    from clinie.ood import OOD_FILE, OODStats
+    from deployments.fast_tier.config import EngineConfig
+    from deployments.fast_tier.default import resolve_model_dir
+    from deployments.fast_tier.engine import FastTierEngine, InputError, fast_route, validate_text
+    from router import PolicyConfigError, compute_signals, load_router_config
+    from router.calibrate import flagged_fraction, rate_for_budget, rate_for_f1, signal_values, threshold_for_rate
+    from router.signals import SIGNALS
+
+    _check_calibrate_args(args)
+    base_path = Path(args.base) if args.base else DEFAULT_POLICY_FILE
+    base_raw, base_cfg = _load_base_policies(base_path)
+    try:
+        gold = read_corpus(args.gold)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    docs = []
+    for d in gold:
+        try:
+            validate_text(d.text, EngineConfig.model_fields["max_note_chars"].default)
+            docs.append(d)
+        except InputError as exc:
+            print(f"clinie: skipping note {d.name}: {exc.code}", file=sys.stderr)
+    if not docs:
+        raise UsageError(f"no usable notes in {args.gold}")
+    llm_results: dict[str, Any] = {}
+    if args.target_f1 is not None:
+        llm_results, skipped = _read_llm_results(Path(args.llm_pred), {d.name for d in docs})
+        if not llm_results:
+            raise UsageError(f"{args.llm_pred} holds no usable LLM prediction for the notes in {args.gold}")
+        missing = len(docs) - len(llm_results)
+        if missing or skipped:
+            print(
+                f"clinie: {missing} gold notes without an LLM prediction (they keep the fast answer), "
+                f"{skipped} prediction lines unusable",
+                file=sys.stderr,
+            )
+
+    model_dir = resolve_model_dir(args.model)
+    engine = FastTierEngine(EngineConfig(model_dir=model_dir))
+    analyses = engine.analyze([(d.name, d.text) for d in docs], progress=True)
+    ood_file = model_dir / OOD_FILE
+    ood = OODStats.load(ood_file) if ood_file.exists() else None
+    signals = [compute_signals(a, ood) for a in analyses]
+    if any(args.signal not in s.per_sentence for s in signals):
+        raise UsageError(f"signal {args.signal!r} is not available from the model at {model_dir}")
+    n_sentences = sum(len(s.sentences) for s in signals)
+
+    unit, scope = args.unit, args.unit
+    if args.target_rate is not None:
+        rate = args.target_rate
+        target = f"escalation rate {rate:.3f} of {unit}s"
+    elif args.budget_per_minute is not None:
+        costs = base_cfg.costs
+        chars = [c for s in signals for c in s.sentence_chars]
+        per_sentence = costs.llm_tokens(chars) / max(len(chars), 1) * costs.llm_cost_per_token
+        if per_sentence <= 0:
+            raise UsageError("the base policy file's cost model makes escalation free: no budget to calibrate for")
+        rate = rate_for_budget(signals, args.budget_per_minute, args.notes_per_minute, per_sentence)
+        target = (
+            f"budget {args.budget_per_minute:g} cost units/min at {args.notes_per_minute:g} notes/min "
+            f"(about {per_sentence:.0f} per escalated sentence on this set) -> sentence rate {rate:.3f}"
+        )
+    else:
+        from router.simulate import quality_curve
+
+        fast_results = {d.name: engine.to_result(a, fast_route(a)) for d, a in zip(docs, analyses, strict=True)}
+        curve = quality_curve(
+            docs,
+            fast_results,
+            llm_results,
+            {d.name: s for d, s in zip(docs, signals, strict=True)},
+            args.signal,
+            rates=[round(0.01 * i, 2) for i in range(101)],
+            costs=base_cfg.costs,
+        )
+        pairs = [(p["rate"], p["f1"][args.f1_metric]) for p in curve["points"]]
+        try:
+            rate = rate_for_f1(pairs, args.target_f1)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        reached = dict(pairs)[rate]
+        target = (
+            f"{args.f1_metric} F1 >= {args.target_f1:.3f} (LLM predictions: {args.llm_pred}; "
+            f"fast only {curve['fast_only']['f1'][args.f1_metric]:.3f}, LLM only "
+            f"{curve['llm_only']['f1'][args.f1_metric]:.3f}) -> sentence rate {rate:.2f} (F1 {reached:.3f})"
+        )
+
+    risky = SIGNALS[args.signal].riskier == "higher"
+    if unit == "sentence":
+        values = signal_values(signals, args.signal, "sentence")
+    else:  # a `note`-scope policy escalates a note when any sentence is flagged: its worst sentence
+        worst = np.max if risky else np.min
+        values = np.array([float(worst(s.per_sentence[args.signal])) for s in signals])
+    threshold = threshold_for_rate(values, args.signal, rate)
+    realized = flagged_fraction(values, args.signal, threshold)
+    # the other unit's view of the same threshold
+    flags = [(v > threshold) if risky else (v < threshold) for v in (s.per_sentence[args.signal] for s in signals)]
+    if unit == "sentence":
+        sent_rate = realized
+        note_rate = float(np.mean([f.any() for f in flags]))
+    else:
+        note_rate = realized
+        sent_rate = sum(len(f) for f in flags if f.any()) / n_sentences
+
+    raw, budget = calibrated_policies(base_raw, args.signal, threshold, scope, args.budget_per_minute)
+    header = [
+        "Router policies written by `clinie calibrate` (schema: router/config.py).",
+        f"Calibrated on: {Path(args.gold).resolve()} ({len(docs)} notes, {n_sentences} sentences),",
+        f"  fast tier {engine.model_tag} at {model_dir}.",
+        f"Signal: {args.signal} ({SIGNALS[args.signal].riskier} is riskier), scope {scope}; the threshold is a",
+        "  quantile of the signal on that set (midpoint between the two values around the cut).",
+        f"Target: {target}.",
+        f"Realized on the set: {sent_rate:.4f} of sentences, {note_rate:.4f} of notes escalated.",
+        f"Base: {base_path}; `default` = budget (rate_per_minute {budget['rate_per_minute']:g}, "
+        f"burst {budget['burst']:g}) wrapping `calibrated`.",
+    ]
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    body = yaml.safe_dump(raw, sort_keys=False, default_flow_style=False)
+    out.write_text("".join(f"# {line}\n" for line in header) + body, encoding="utf-8")
+    try:
+        load_router_config(out)
+    except PolicyConfigError as exc:
+        print(f"clinie: error: the written policy file does not validate: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    summary = {
+        "output": str(out),
+        "signal": args.signal,
+        "scope": scope,
+        "threshold": threshold,
+        "target": target,
+        "realized_sentence_rate": round(sent_rate, 4),
+        "realized_note_rate": round(note_rate, 4),
+        "notes": len(docs),
+        "sentences": n_sentences,
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 # -- train / build-default ----------------------------------------------------------------------
 
 
@@ -270,7 +515,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config_file = Path(args.config) if args.config else local.LOCAL_CONFIG
     try:
-        cfg, _ = local.local_app_config(
+        cfg, raw = local.local_app_config(
             config_file,
             fast_tier_model=args.model,
             policies_file=args.policies,
@@ -291,7 +536,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         else:
             print("clinie: vllm is not installed: serving without the LLM tier", file=sys.stderr)
             cfg = cfg.model_copy(update={"llm_enabled": False})
-    svc = local.start(cfg, host=args.host, port=args.port, grpc_port=args.grpc_port, num_cpus=args.num_cpus)
+    svc = local.start(cfg, raw, host=args.host, port=args.port, grpc_port=args.grpc_port, num_cpus=args.num_cpus)
     ready = local.wait_ready(svc.http_url, timeout_s=300)
     print(
         f"clinie: serving HTTP on {svc.http_url} (docs: {svc.http_url}/docs), gRPC on {svc.grpc_target}; "
@@ -352,6 +597,33 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--format", choices=["json", "table"], default="json", help="Output format.")
     v.add_argument("--output", "-o", help="Write the report here instead of stdout.")
     v.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser(
+        "calibrate",
+        help="Choose a routing policy's threshold on a labelled dev set and write the policy file.",
+        description="Runs the fast tier on the gold notes, computes the router's signals and writes a "
+        "policy file whose `calibrated` threshold policy (wrapped by the `default` budget) meets the "
+        "target on that set. Thresholds are quantiles of the signal on the set.",
+    )
+    c.add_argument("--gold", required=True, help="brat folder of labelled notes (NAME.txt + NAME.ann).")
+    c.add_argument("--model", help="Fast-tier model directory (default: $CLINIE_MODEL_DIR or the embedded default).")
+    c.add_argument("--signal", default="min_token_prob", help="Sentence signal to threshold (default: %(default)s).")
+    tg = c.add_mutually_exclusive_group(required=True)
+    tg.add_argument("--target-rate", type=float, help="Fraction of sentences (or notes, --unit note) to escalate.")
+    tg.add_argument("--target-f1", type=float, help="F1 to reach at the lowest escalation rate (needs --llm-pred).")
+    tg.add_argument("--budget-per-minute", type=float, help="LLM cost units per minute (needs --notes-per-minute).")
+    c.add_argument(
+        "--unit",
+        choices=["sentence", "note"],
+        default="sentence",
+        help="With --target-rate: escalate sentences, or whole notes whose worst sentence is flagged.",
+    )
+    c.add_argument("--llm-pred", help="With --target-f1: the LLM tier's predictions (JSONL) on the gold notes.")
+    c.add_argument("--f1-metric", default="relaxed_entities", help="With --target-f1: which F1 (default: %(default)s).")
+    c.add_argument("--notes-per-minute", type=float, help="With --budget-per-minute: expected notes per minute.")
+    c.add_argument("--base", help="Policy file to start from (default: serve_app/configs/policies.default.yaml).")
+    c.add_argument("--output", "-o", required=True, help="Policy file (.yaml) to write.")
+    c.set_defaults(func=cmd_calibrate)
 
     t = sub.add_parser("train", help="Train, export (ONNX fp32 + int8) and evaluate a fast tier.")
     t.add_argument("--data", help="brat training folder (default: $CLINIE_TRAIN_DATA or ../shared/...).")

@@ -360,7 +360,7 @@ def _check_llm_placement(config: StrictServeConfig, repo_root: Path) -> list[str
     return problems
 
 
-ROUTER_USER_CONFIG_KEYS = frozenset({"policies_file", "config"})
+ROUTER_USER_CONFIG_KEYS = frozenset({"policies_file", "policies_sha256", "config"})
 """What router.deployment.RouterDeployment.reconfigure reads; it ignores any other key silently."""
 
 

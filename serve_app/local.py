@@ -9,6 +9,7 @@ serve config gives the deployments fractional `num_cpus` that sum below that.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -20,6 +21,7 @@ from typing import Any
 from serve_app.config import AppConfig
 
 LOCAL_CONFIG = Path(__file__).resolve().parent / "configs" / "serve.local.yaml"
+GRPC_SERVICER = "serve_app.grpc_service.add_ClinieServicer_to_server"
 log = logging.getLogger(__name__)
 
 
@@ -31,49 +33,79 @@ class LocalService:
 
 
 def local_app_config(config_file: Path = LOCAL_CONFIG, **overrides: Any) -> tuple[AppConfig, dict[str, Any]]:
-    """The application args and Serve options of a (strictly validated) serve config file."""
+    """The application args of a (strictly validated) serve config file with `overrides`, and the
+    file's whole content (what `deploy` sends to Serve)."""
     from serve_app.deploy_config import load_deploy_config
 
     strict = load_deploy_config(config_file)
-    app = strict.applications[0]
-    options: dict[str, dict[str, Any]] = {}
-    for dep in app.deployments:
-        opts = dep.model_dump(exclude_none=True, exclude={"name"})
-        options[dep.name] = opts
-    args = app.args.model_dump()
+    args = strict.applications[0].args.model_dump()
     args.update({k: v for k, v in overrides.items() if v is not None})
-    args["deployment_options"] = {**options, **args.get("deployment_options", {})}
-    raw: dict[str, Any] = strict.model_dump(exclude_none=True)
-    return AppConfig.model_validate(args), raw
+    return AppConfig.model_validate(args), strict.model_dump(mode="json", exclude_none=True)
+
+
+def deploy(cfg: AppConfig, raw: dict[str, Any], timeout_s: float = 120.0) -> None:
+    """Deploy (or update) the application from a serve config, as `serve deploy` does.
+
+    The declarative path gives deployments a code version derived from the config, so a change of
+    only the Router's `user_config` (policies) reconfigures the running replicas instead of
+    restarting them. An explicit policy file replaces the config's Router user_config, with the
+    file's digest, so that editing the file and deploying again is such a change.
+    """
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve_app.app import with_file_digest
+    from serve_app.pipeline import policies_path
+
+    config = json.loads(json.dumps(raw))  # a deep copy
+    app = config["applications"][0]
+    app["args"] = cfg.model_dump(mode="json", exclude={"deployment_options"})
+    if not cfg.llm_enabled:  # options for a deployment the app does not have would be refused
+        app["deployments"] = [d for d in app["deployments"] if d["name"] != "LLMTier"]
+    for dep in app["deployments"]:
+        if dep["name"] == "Router":
+            if cfg.policies_file or not dep.get("user_config"):
+                dep["user_config"] = {"policies_file": str(policies_path(cfg.policies_file))}
+            dep["user_config"] = with_file_digest(dep["user_config"])
+    schema = ServeDeploySchema.model_validate({"applications": config["applications"]})
+    _get_global_client().deploy_apps(schema)
+    name = app["name"]
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout_s:
+        status = serve.status().applications.get(name)
+        if status is not None and status.status == "RUNNING":
+            return
+        if status is not None and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise RuntimeError(f"application {name} failed to deploy: {status.message[:2000]}")
+        time.sleep(0.5)
+    raise TimeoutError(f"application {name} was not running within {timeout_s:.0f} s")
 
 
 def start(
     cfg: AppConfig,
+    raw: dict[str, Any] | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
     grpc_port: int = 9000,
     num_cpus: int | None = None,
-    request_timeout_s: float | None = 180.0,
 ) -> LocalService:
     """Start Ray (in this process), Serve with HTTP and gRPC proxies, and the application."""
     import ray
     from ray import serve
     from ray.serve.config import gRPCOptions
 
-    from serve_app.app import build_app
-
+    raw = raw if raw is not None else local_app_config()[1]
     t0 = time.perf_counter()
     cpus = num_cpus or max(4, (os.cpu_count() or 2) + 2)
     if not ray.is_initialized():
         ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False, log_to_driver=True)
+    http = raw.get("http_options", {})
     serve.start(
-        http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s},
-        grpc_options=gRPCOptions(
-            port=grpc_port,
-            grpc_servicer_functions=["serve_app.grpc_service.add_ClinieServicer_to_server"],
-        ),
+        http_options={"host": host, "port": port, "request_timeout_s": http.get("request_timeout_s", 180)},
+        grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]),
     )
-    serve.run(build_app(cfg), name="clinie", route_prefix="/")
+    deploy(cfg, raw)
     return LocalService(f"http://{host}:{port}", f"{host}:{grpc_port}", time.perf_counter() - t0)
 
 

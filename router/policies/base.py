@@ -59,6 +59,10 @@ class RouteContext:
 
     signals: NoteSignals
     costs: CostModel
+    # Why the LLM tier cannot take work right now (`llm_overloaded`, ...), or None. The router
+    # turns any escalation into a fast answer with this reason; policies that spend on
+    # escalation (budget) must not spend for one that will not happen.
+    llm_blocked: str | None = None
 
     def all_sentences(self) -> list[int]:
         return list(range(len(self.signals.sentences)))

@@ -123,7 +123,7 @@ class Budget(Policy):
         cfg = self.config
         assert isinstance(cfg, BudgetConfig)
         decision = self._resolve(cfg.inner).decide(ctx)
-        if not decision.escalates:
+        if not decision.escalates or ctx.llm_blocked:  # nothing will be spent
             return decision
         cost = decision.llm_tokens * ctx.costs.llm_cost_per_token
         if self.bucket.try_spend(cost):

@@ -14,9 +14,8 @@ import pytest
 
 from clinie.brat import read_corpus
 from clinie.schema import NoteError, NoteResult, is_allowed_pair
-from deployments.fast_tier.config import EngineConfig, TrainConfig
+from deployments.fast_tier.config import EngineConfig
 from deployments.fast_tier.engine import FastTierEngine
-from deployments.fast_tier.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -25,18 +24,8 @@ DEV = 2
 
 
 @pytest.fixture(scope="module")
-def model_dir(train_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("fast") / "model"
-    cfg = TrainConfig(
-        data_dir=train_dir,
-        output_dir=out,
-        max_notes=N_NOTES,
-        dev_size=DEV,
-        tagger_epochs=30,
-        relation_epochs=3,
-        max_steps=70,
-    )
-    return train(cfg)
+def model_dir(tiny_model: Path) -> Path:
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

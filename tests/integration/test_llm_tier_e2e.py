@@ -26,8 +26,8 @@ def test_vllm_llm_class_imports():
 
 
 @pytest.fixture(scope="module")
-def llm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("clinie_home")
+def llm_home(clinie_home: Path) -> Path:
+    return clinie_home
 
 
 def _extract(home: Path, tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
@@ -84,3 +84,24 @@ def test_lora_recipe_trains_and_vllm_serves_the_adapter(llm_home: Path, tmp_path
     result = NoteResult.model_validate(lines[0])
     result.check_offsets(NOTE)
     assert result.models["llm"].endswith("+lora:adapter")
+
+
+def test_in_process_router_escalates_to_the_llm_tier(llm_home: Path, tmp_path: Path, tiny_model: Path):
+    # `clinie extract` runs the same orchestration as the server: fast pass, router, LLM tier.
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(
+        "default_policy: default\n"
+        "policies:\n"
+        "  default: {kind: fast-only}\n"
+        "  escalate-all: {kind: threshold, signal: max_entropy, threshold: 0.0}\n"
+    )
+    run, lines = _extract(
+        llm_home, tmp_path, "--model", str(tiny_model), "--policies", str(policies), "--policy", "escalate-all"
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = NoteResult.model_validate(lines[0])
+    result.check_offsets(NOTE)
+    assert result.route.tier == "llm" and result.route.escalated and result.route.reason == "low_confidence"
+    assert result.models["bert"].startswith("clinie-fast@") and result.models["llm"].startswith("smollm2")
+    assert result.route.signals["escalated_sentences"] == result.route.signals["sentences"] >= 2
+    assert lines[1]["error"]["code"] == "empty_text"

@@ -1,0 +1,339 @@
+"""The whole application on a real local Ray Serve: real HTTP and gRPC clients, the tiny fast tier,
+the real vLLM CPU engine with the embedded SmolLM2, the router with a test policy file.
+
+One Ray instance for the module (start ~15 s; the LLM engine comes up in the background). API-key
+auth is on for the whole module, so every call also exercises it. The LLM-removal test runs last.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+
+from clinie.schema import NoteResult
+
+pytestmark = pytest.mark.slow
+
+HTTP_PORT, GRPC_PORT = 18123, 19123
+URL = f"http://127.0.0.1:{HTTP_PORT}"
+KEY = "test-key-1"
+CANARY = "Zebulon Quixotic-Canary 4471"
+NOTE = "Patient denies chest pain. Takes aspirin 81 mg daily. Severe headache since Monday."
+POLICIES = {
+    "default_policy": "default",
+    "policies": {
+        "default": {"kind": "threshold", "signal": "min_token_prob", "threshold": 0.5},
+        # flags every sentence (no token is that certain) -> the whole note goes to the LLM tier
+        "escalate-all": {"kind": "threshold", "signal": "max_entropy", "threshold": 0.0},
+    },
+}
+
+
+def call(path: str, body: Any = None, raw: bytes | None = None, key: str | None = KEY) -> tuple[int, dict, dict]:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    headers = {"content-type": "application/json"}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(URL + path, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=180) as r:
+            return r.status, json.loads(r.read() or b"{}"), {k.lower(): v for k, v in r.headers.items()}
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}"), {k.lower(): v for k, v in e.headers.items()}
+
+
+@pytest.fixture(scope="module")
+def policies_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("policies") / "policies.yaml"
+    path.write_text(yaml.safe_dump(POLICIES))
+    return path
+
+
+@pytest.fixture(scope="module")
+def service(tiny_model: Path, clinie_home: Path, policies_file: Path) -> Iterator[dict[str, Any]]:
+    from serve_app import local
+
+    os.environ["CLINIE_HOME"] = str(clinie_home)  # the Ray workers inherit this process's environment
+    os.environ["CLINIE_TEST_KEYS"] = f"{KEY},other-key"
+    from deployments.llm_tier.default_model import ensure_default_llm
+
+    ensure_default_llm()
+    cfg, raw = local.local_app_config(
+        fast_tier_model=str(tiny_model), policies_file=str(policies_file), api_keys_env="CLINIE_TEST_KEYS"
+    )
+    cfg = cfg.model_copy(update={"admission": cfg.admission.model_copy(update={"max_in_flight": 6})})
+    t0 = time.perf_counter()
+    svc = local.start(cfg, raw, port=HTTP_PORT, grpc_port=GRPC_PORT)
+    ready_s = local.wait_ready(URL, timeout_s=120)
+    try:
+        yield {"cfg": cfg, "raw": raw, "start_to_ready_s": time.perf_counter() - t0, "svc": svc, "ready_s": ready_s}
+    finally:
+        local.stop()
+
+
+def wait_llm_ready(timeout_s: float = 180) -> None:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout_s:
+        status, body, _ = call("/readyz?strict=true")
+        if status == 200:
+            return
+        assert body["components"]["llm_tier"]["state"] in ("starting", "ready"), body
+        time.sleep(1)
+    raise AssertionError("LLM tier did not become ready")
+
+
+def test_ready_health_docs_and_start_time(service: dict[str, Any]):
+    assert service["start_to_ready_s"] < 60
+    status, body, _ = call("/readyz")
+    assert status == 200 and body["ready"] is True and body["missing"] == []
+    assert body["components"]["fast_tier"]["state"] == "ready"
+    assert set(body["components"]["router"]["policies"]) == {"default", "escalate-all", "fast-only", "llm-only"}
+    assert call("/healthz")[:2] == (200, {"status": "ok"})
+    with urllib.request.urlopen(URL + "/openapi.json", timeout=10) as r:
+        spec = json.loads(r.read())
+    assert {"/v1/extract", "/v1/extract/batch", "/readyz", "/metrics"} <= set(spec["paths"])
+    with urllib.request.urlopen(URL + "/docs", timeout=10) as r:
+        assert r.status == 200
+
+
+def test_extract_over_http_follows_the_contract(service: dict[str, Any]):
+    status, body, _ = call("/v1/extract", {"text": NOTE, "note_id": "n1", "policy": "fast-only"})
+    assert status == 200, body
+    result = NoteResult.model_validate(body)
+    result.check_offsets(NOTE)
+    assert result.note_id == "n1" and result.route.tier == "bert" and result.route.reason == "policy:fast-only"
+    assert {"min_token_prob", "ood_mahalanobis", "sentences"} <= set(result.route.signals)
+    assert result.models["bert"].startswith("clinie-fast@") and result.timings_ms["total"] > 0
+
+
+def test_batch_keeps_order_and_isolates_bad_notes(service: dict[str, Any]):
+    notes = [{"text": NOTE, "note_id": "a"}, {"text": "", "note_id": "b"}, {"text": 5, "note_id": "c"}]
+    status, body, _ = call("/v1/extract/batch", {"notes": notes, "policy": "fast-only"})
+    assert status == 200, body
+    a, b, c = body["results"]
+    NoteResult.model_validate(a).check_offsets(NOTE)
+    assert (b["note_id"], b["error"]["code"]) == ("b", "empty_text")
+    assert (c["note_id"], c["error"]["code"]) == ("c", "invalid_text")
+
+
+@pytest.mark.parametrize(
+    ("body", "raw", "status", "code"),
+    [
+        (None, b"{not json", 400, "malformed_json"),
+        (None, b"\xff\xfe", 400, "malformed_json"),
+        (None, b"[1, 2]", 400, "invalid_request"),
+        ({"note_id": "x"}, None, 400, "invalid_request"),
+        ({"text": 42}, None, 400, "invalid_request"),
+        ({"text": ""}, None, 400, "empty_text"),
+        ({"text": "   \n"}, None, 400, "empty_text"),
+        ({"text": "x" * 200_001}, None, 413, "note_too_long"),
+        ({"notes": [{"text": "a"}] * 65}, None, 413, "batch_too_large"),
+        ({"text": "fine", "policy": "no-such-policy"}, None, 400, "unknown_policy"),
+    ],
+)
+def test_bad_input_is_a_clear_4xx(service: dict[str, Any], body: Any, raw: bytes | None, status: int, code: str):
+    path = "/v1/extract/batch" if body and "notes" in body else "/v1/extract"
+    got, answer, _ = call(path, body, raw)
+    assert (got, answer["error"]["code"]) == (status, code), answer
+    assert answer["error"]["message"]
+    if code == "unknown_policy":
+        assert "fast-only" in answer["error"]["message"]  # lists the known names
+    assert call("/healthz")[0] == 200  # and nothing died
+
+
+def test_api_key_is_required_when_configured(service: dict[str, Any]):
+    status, body, _ = call("/v1/extract", {"text": NOTE}, key=None)
+    assert (status, body["error"]["code"]) == (401, "unauthorized")
+    assert call("/v1/extract", {"text": NOTE}, key="wrong")[0] == 401
+    assert call("/v1/extract", {"text": NOTE, "policy": "fast-only"}, key="other-key")[0] == 200
+
+
+def _grpc_stub() -> Any:
+    from serve_app.proto import clinie_pb2_grpc as pbg
+
+    return pbg.ClinieStub(grpc.insecure_channel(f"127.0.0.1:{GRPC_PORT}"))
+
+
+META = (("authorization", f"Bearer {KEY}"),)
+
+
+def test_extract_over_grpc(service: dict[str, Any]):
+    from serve_app import grpc_convert as G
+    from serve_app.proto import clinie_pb2 as pb
+
+    stub = _grpc_stub()
+    reply = stub.Extract(pb.ExtractRequest(text=NOTE, note_id="g1", policy="fast-only"), metadata=META, timeout=60)
+    result = G.proto_to_result(reply)
+    assert isinstance(result, NoteResult) and result.note_id == "g1"
+    result.check_offsets(NOTE)
+    batch = stub.ExtractBatch(
+        pb.ExtractBatchRequest(notes=[pb.NoteInput(text=NOTE, note_id="x"), pb.NoteInput(text="", note_id="y")]),
+        metadata=META,
+        timeout=60,
+    )
+    slots = [G.proto_to_dict(r) for r in batch.results]
+    assert slots[0]["note_id"] == "x" and "entities" in slots[0]
+    assert slots[1] == {"note_id": "y", "error": {"code": "empty_text", "message": "note text is empty"}}
+
+
+@pytest.mark.parametrize("case", ["empty", "unknown_policy", "bad_utf8", "no_key"])
+def test_bad_grpc_input_is_invalid_argument(service: dict[str, Any], case: str):
+    from serve_app.proto import clinie_pb2 as pb
+
+    stub = _grpc_stub()
+    channel = grpc.insecure_channel(f"127.0.0.1:{GRPC_PORT}")
+    with pytest.raises(grpc.RpcError) as err:
+        if case == "empty":
+            stub.Extract(pb.ExtractRequest(text=""), metadata=META, timeout=30)
+        elif case == "unknown_policy":
+            stub.Extract(pb.ExtractRequest(text="x", policy="nope"), metadata=META, timeout=30)
+        elif case == "no_key":
+            stub.Extract(pb.ExtractRequest(text="x"), timeout=30)
+        else:  # a string field with invalid UTF-8, as raw bytes on the wire
+            raw = pb.ExtractRequest(text="abc").SerializeToString().replace(b"abc", b"a\xff\xfe")
+            method = channel.unary_unary(
+                "/clinie.v1.Clinie/Extract",
+                request_serializer=lambda b: b,
+                response_deserializer=pb.NoteReply.FromString,
+            )
+            method(raw, metadata=META, timeout=30)
+    expected = grpc.StatusCode.UNAUTHENTICATED if case == "no_key" else grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.code() == expected
+    assert "error" in json.loads(err.value.details())
+
+
+def test_llm_only_and_escalation_through_the_llm_tier(service: dict[str, Any]):
+    wait_llm_ready()
+    for policy in ("llm-only", "escalate-all"):
+        status, body, _ = call("/v1/extract", {"text": NOTE, "note_id": "e", "policy": policy})
+        assert status == 200, body
+        result = NoteResult.model_validate(body)
+        result.check_offsets(NOTE)
+        assert result.route.escalated and result.route.tier == "llm", result.route
+        assert result.route.reason == ("policy:llm-only" if policy == "llm-only" else "low_confidence")
+        assert result.models["llm"].startswith("smollm2") and result.timings_ms["llm"] > 0
+
+
+def test_deadline_answers_from_the_fast_tier(service: dict[str, Any]):
+    wait_llm_ready()
+    t0 = time.perf_counter()
+    status, body, _ = call("/v1/extract", {"text": NOTE * 6, "policy": "llm-only", "deadline_ms": 400})
+    assert status == 200, body
+    assert time.perf_counter() - t0 < 10
+    # the router may already know the LLM tier cannot make 400 ms (llm_overloaded), or it times out
+    assert body["route"]["tier"] == "bert"
+    assert body["route"]["reason"] in ("llm_timeout", "deadline_exceeded", "llm_overloaded")
+
+
+def test_overload_is_refused_quickly_with_retry_after(service: dict[str, Any]):
+    long_note = " ".join([NOTE] * 40)
+
+    def one(_: int) -> tuple[int, float, dict]:
+        t0 = time.perf_counter()
+        status, _, headers = call("/v1/extract", {"text": long_note, "policy": "fast-only"})
+        return status, time.perf_counter() - t0, headers
+
+    with cf.ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(one, range(24)))
+    codes = [s for s, _, _ in answers]
+    assert set(codes) <= {200, 429, 503}, codes
+    assert codes.count(200) >= 1 and (codes.count(429) + codes.count(503)) >= 1, codes
+    for status, seconds, headers in answers:
+        if status != 200:
+            assert headers.get("retry-after") and seconds < 1.0
+    assert call("/healthz")[0] == 200
+
+
+def test_note_text_never_reaches_logs_or_metrics(service: dict[str, Any]):
+    canary_note = f"{CANARY} denies chest pain."
+    call("/v1/extract", {"text": canary_note, "policy": "fast-only", "note_id": "canary"})
+    call("/v1/extract", {"text": canary_note * 20_000, "policy": "fast-only"})  # oversized: error path
+    call("/v1/extract", {"text": canary_note, "policy": CANARY})  # unknown policy (echoes the name only)
+    status, body, _ = call("/v1/extract", {"text": [canary_note]})  # wrong type: pydantic would echo it
+    assert status == 400 and CANARY not in json.dumps(body)
+    with urllib.request.urlopen(URL + "/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    assert "clinie_notes_total" in metrics and CANARY not in metrics
+    time.sleep(2)  # let the workers flush their logs
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    scanned = 0
+    for path in logs.rglob("*"):
+        if path.is_file():
+            scanned += 1
+            assert CANARY.encode() not in path.read_bytes(), f"note text in {path.name}"
+    assert scanned > 5
+
+
+def test_autoscaling_config_is_applied(service: dict[str, Any]):
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()
+    deployments = details["applications"]["clinie"]["deployments"]
+    local_yaml = yaml.safe_load(Path("serve_app/configs/serve.local.yaml").read_text())
+    wanted = {d["name"]: d for d in local_yaml["applications"][0]["deployments"]}
+    for name in ("Ingress", "FastTier", "Router", "LLMTier"):
+        applied = deployments[name]["deployment_config"]
+        assert applied["max_ongoing_requests"] == wanted[name]["max_ongoing_requests"]
+        assert applied["max_queued_requests"] == wanted[name]["max_queued_requests"]
+        auto = applied["autoscaling_config"]
+        for key in ("min_replicas", "max_replicas", "target_ongoing_requests"):
+            assert auto[key] == wanted[name]["autoscaling_config"][key], (name, key)
+        assert applied["ray_actor_options"]["num_cpus"] == wanted[name]["ray_actor_options"]["num_cpus"]
+
+
+def test_policy_hot_reload_keeps_serving(service: dict[str, Any], policies_file: Path):
+    from serve_app import local
+
+    cfg, raw = service["cfg"], service["raw"]
+    new = {**POLICIES, "policies": {**POLICIES["policies"], "added": {"kind": "fast-only"}}}
+    policies_file.write_text(yaml.safe_dump(new))
+    with cf.ThreadPoolExecutor(1) as pool:  # keep requests flowing during the reload
+        background = pool.submit(
+            lambda: [call("/v1/extract", {"text": NOTE, "policy": "fast-only"})[0] for _ in range(5)]
+        )
+        local.deploy(cfg, raw)  # only the Router's user_config (the file's digest) changed
+        assert background.result() == [200] * 5
+    deadline = time.time() + 30
+    while call("/v1/extract", {"text": NOTE, "policy": "added"})[0] != 200 and time.time() < deadline:
+        time.sleep(0.5)
+    status, body, _ = call("/v1/extract", {"text": NOTE, "policy": "added"})
+    assert status == 200 and body["route"]["reason"] == "policy:added"
+
+    # a broken file is refused; the running policies stay in force and the refusal is visible
+    policies_file.write_text(yaml.safe_dump({**new, "policies": {"default": {"kind": "threshold"}}}))
+    local.deploy(cfg, raw)
+    _, ready, _ = call("/readyz")
+    assert "policies.default.signal" in ready["components"]["router"]["last_error"]
+    assert call("/v1/extract", {"text": NOTE, "policy": "added"})[0] == 200
+
+
+def test_llm_tier_removed_mid_run_falls_back_to_the_fast_tier(service: dict[str, Any]):
+    import ray
+
+    wait_llm_ready()
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "LLMTier" in a["name"] and a["namespace"]]
+    assert replicas, ray.util.list_named_actors(all_namespaces=True)
+    for a in replicas:
+        ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=False)
+    t0 = time.perf_counter()
+    status, body, _ = call("/v1/extract", {"text": NOTE, "policy": "llm-only"})
+    assert status == 200, body
+    assert time.perf_counter() - t0 < 30
+    assert body["route"]["tier"] == "bert"
+    assert body["route"]["reason"] in ("llm_error", "llm_tier_unavailable", "llm_overloaded")
+    NoteResult.model_validate(body).check_offsets(NOTE)
+    _, ready, _ = call("/readyz")
+    assert ready["ready"] is True  # the fast tier still answers everything
