@@ -81,6 +81,7 @@ def test_output_must_be_yaml_and_target_is_required(tmp_path: Path, capsys):
 
 def test_calibrated_policies_validate_and_keep_the_base_budget(tmp_path: Path):
     base = yaml.safe_load(cli.DEFAULT_POLICY_FILE.read_text())
+    base["policies"]["extra"] = {"kind": "threshold", "signal": "min_margin", "threshold": 0.1}
     raw, budget = calibrated_policies(base, "max_entropy", 0.42, "sentence")
     cfg = parse_router_config(raw)
     assert cfg.default_policy == "default"
@@ -92,7 +93,7 @@ def test_calibrated_policies_validate_and_keep_the_base_budget(tmp_path: Path):
     }
     assert budget == {k: base["policies"]["default"][k] for k in ("rate_per_minute", "burst")}
     assert raw["policies"]["default"] == {"kind": "budget", "inner": "calibrated", **budget}
-    assert "uncertain-sentences" in raw["policies"]  # the base's other policies stay
+    assert raw["policies"]["extra"] == base["policies"]["extra"]  # the base's other policies stay
     Router(cfg)
     raw2, budget2 = calibrated_policies({"policies": {}}, "min_margin", 0.1, "note", budget_per_minute=5000)
     assert budget2["rate_per_minute"] == 5000 and parse_router_config(raw2).default_policy == "default"
