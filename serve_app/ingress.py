@@ -426,46 +426,36 @@ class Ingress:
         if exc.retry_after:
             grpc_context.set_trailing_metadata([("retry-after", str(exc.retry_after))])
 
-    async def Extract(self, request: Any, grpc_context: Any = None) -> Any:
+    async def _grpc(self, method: str, request: Any, grpc_context: Any) -> Any:
+        """One gRPC call: auth, parse, validate, answer; errors set the status code and details
+        (the contract's JSON error) and return an empty reply of the method's type."""
         from serve_app import grpc_convert as G
         from serve_app.proto import clinie_pb2 as pb
 
+        batch = method == "ExtractBatch"
         status = "OK"
         try:
             self._grpc_auth(grpc_context)
             if isinstance(request, InvalidRequest):
                 raise ApiError(400, "invalid_request", request.message)
-            fields = G.request_from_proto(request)
+            fields = G.batch_request_from_proto(request) if batch else G.request_from_proto(request)
             try:
-                req = ExtractRequest.model_validate(fields)
+                req = (ExtractBatchRequest if batch else ExtractRequest).model_validate(fields)
             except ValidationError as exc:
                 raise ApiError(400, "invalid_request", _safe_validation_message(exc)) from None
+            if isinstance(req, ExtractBatchRequest):
+                return G.batch_reply_to_proto(await self._extract_batch(req))
+            assert isinstance(req, ExtractRequest)
             return G.result_to_proto(await self._extract(req))
         except ApiError as exc:
             status = exc.grpc_code
             self._grpc_error(grpc_context, exc)
-            return pb.NoteReply(error=pb.Error(code=exc.code, message=exc.message))
+            return pb.ExtractBatchReply() if batch else pb.NoteReply(error=pb.Error(code=exc.code, message=exc.message))
         finally:
-            self.metrics.requests.labels("grpc", "Extract", status).inc()
+            self.metrics.requests.labels("grpc", method, status).inc()
+
+    async def Extract(self, request: Any, grpc_context: Any = None) -> Any:
+        return await self._grpc("Extract", request, grpc_context)
 
     async def ExtractBatch(self, request: Any, grpc_context: Any = None) -> Any:
-        from serve_app import grpc_convert as G
-        from serve_app.proto import clinie_pb2 as pb
-
-        status = "OK"
-        try:
-            self._grpc_auth(grpc_context)
-            if isinstance(request, InvalidRequest):
-                raise ApiError(400, "invalid_request", request.message)
-            fields = G.batch_request_from_proto(request)
-            try:
-                req = ExtractBatchRequest.model_validate(fields)
-            except ValidationError as exc:
-                raise ApiError(400, "invalid_request", _safe_validation_message(exc)) from None
-            return G.batch_reply_to_proto(await self._extract_batch(req))
-        except ApiError as exc:
-            status = exc.grpc_code
-            self._grpc_error(grpc_context, exc)
-            return pb.ExtractBatchReply()
-        finally:
-            self.metrics.requests.labels("grpc", "ExtractBatch", status).inc()
+        return await self._grpc("ExtractBatch", request, grpc_context)
