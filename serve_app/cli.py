@@ -545,7 +545,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     stop = threading.Event()
+    # Both stop it cleanly (a shell may start background jobs with SIGINT ignored; we want Ctrl-C).
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         while not stop.wait(1.0):
             pass
