@@ -553,7 +553,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     docs = dev_documents(model_dir)[: args.notes]
     engine = FastTierEngine(EngineConfig(model_dir=model_dir))
     ood_file = model_dir / OOD_FILE
-    ood = OODStats.load(ood_file) if ood_file.exists() else None
+    ood = OODStats.load_if_present(ood_file)
     print(f"fast tier on {len(docs)} dev notes ...", flush=True)
     analyses = engine.analyze([(d.name, d.text) for d in docs], progress=True)
     fast = {d.name: analysis_to_result(a, fast_route(a)) for d, a in zip(docs, analyses, strict=True)}

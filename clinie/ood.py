@@ -69,3 +69,9 @@ class OODStats:
         with np.load(path) as z:
             shrink, n, p50, p95 = z["meta"].tolist()
             return cls(z["mean"], z["precision"], float(shrink), int(n), float(p50), float(p95))
+
+    @classmethod
+    def load_if_present(cls, path: Path | str | None) -> OODStats | None:
+        """The statistics at `path`, or None for a model exported without them (the OOD signal is
+        then absent, not an error)."""
+        return cls.load(Path(path)) if path and Path(path).exists() else None

@@ -33,7 +33,7 @@ class RouterDeployment:
     """`route(analysis, policy, load, deadline_ms)` -> (Decision, note-level signals)."""
 
     def __init__(self, ood_stats: str | None = None):
-        self.ood = OODStats.load(Path(ood_stats)) if ood_stats and Path(ood_stats).exists() else None
+        self.ood = OODStats.load_if_present(ood_stats)
         self.router = Router(fallback_config())
         self.last_error = ""
         self.source = "built-in fallback"

@@ -36,6 +36,14 @@ def llm_config_of(cfg: AppConfig) -> LLMTierConfig:
     return LLMTierConfig.model_validate(yaml.safe_load(_repo_path(cfg.llm_config).read_text()))
 
 
+def router_user_config(cfg: AppConfig, configured: dict[str, Any] | None) -> dict[str, Any]:
+    """The Router's user_config: an explicit `policies_file` in the app args wins over the
+    configured one; with neither, the default policy file. Always with the file's digest."""
+    if cfg.policies_file or not configured:
+        configured = {"policies_file": str(policies_path(cfg.policies_file))}
+    return with_file_digest(configured)
+
+
 def with_file_digest(user_config: dict[str, Any]) -> dict[str, Any]:
     """Add the policy file's content digest to the Router's user_config: Serve reconfigures a
     replica only when user_config changes, so an edited file (same path) must change it too.
@@ -66,9 +74,7 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     )
     fast = FastTierDeployment.options(**opts.get("FastTier", {})).bind(*fast_args)
     router_opts = dict(opts.get("Router", {}))
-    if cfg.policies_file or "user_config" not in router_opts:  # an explicit policy file wins
-        router_opts["user_config"] = {"policies_file": str(policies_path(cfg.policies_file))}
-    router_opts["user_config"] = with_file_digest(router_opts["user_config"])
+    router_opts["user_config"] = router_user_config(cfg, router_opts.get("user_config"))
     ood = str(model_dir / OOD_FILE)
     router = RouterDeployment.options(**router_opts).bind(ood)
     llm = None

@@ -306,7 +306,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     engine = FastTierEngine(EngineConfig(model_dir=model_dir))
     analyses = engine.analyze([(d.name, d.text) for d in docs], progress=True)
     ood_file = model_dir / OOD_FILE
-    ood = OODStats.load(ood_file) if ood_file.exists() else None
+    ood = OODStats.load_if_present(ood_file)
     signals = [compute_signals(a, ood) for a in analyses]
     if any(args.signal not in s.per_sentence for s in signals):
         raise UsageError(f"signal {args.signal!r} is not available from the model at {model_dir}")

@@ -244,14 +244,17 @@ class Ingress:
                 self.metrics.rejected.labels("queue_wait").inc()
                 raise ApiError(429, "overloaded", "the service is at capacity; retry later", adm.retry_after_s)
 
-    async def _one(
-        self, note_id: str | None, text: object, policy: str | None, deadline_ms: float | None, t0: float
-    ) -> NoteResult:
-        """One validated, admitted note; raises ApiError for what fails the whole note."""
+    def _validate(self, text: object) -> str:
+        """The note's text, or an ApiError (413 for a note over the limit, 400 otherwise)."""
         try:
-            valid = validate_text(text, self.cfg.limits.max_note_chars)
+            return validate_text(text, self.cfg.limits.max_note_chars)
         except InputError as exc:
             raise ApiError(413 if exc.code == "note_too_long" else 400, exc.code, exc.message) from None
+
+    async def _one(
+        self, note_id: str | None, valid: str, policy: str | None, deadline_ms: float | None, t0: float
+    ) -> NoteResult:
+        """One validated, admitted note; raises ApiError for what fails the whole note."""
         deadline = deadline_ms or self.cfg.default_deadline_ms
         self.fast_in_flight += 1
         self.metrics.in_flight.labels("bert").set(self.fast_in_flight)
@@ -279,14 +282,9 @@ class Ingress:
     async def _extract(self, req: ExtractRequest) -> NoteResult:
         t0 = time.perf_counter()
         await self._check_policy(req.policy)
-        if len(req.text) > self.cfg.limits.max_note_chars:
-            raise ApiError(
-                413,
-                "note_too_long",
-                f"note has {len(req.text)} characters; the limit is {self.cfg.limits.max_note_chars}",
-            )
+        valid = self._validate(req.text)  # bad input is a 4xx even when the service is busy
         self._admit(1)
-        return await self._one(req.note_id, req.text, req.policy, req.deadline_ms, t0)
+        return await self._one(req.note_id, valid, req.policy, req.deadline_ms, t0)
 
     async def _extract_batch(self, req: ExtractBatchRequest) -> list[NoteResult | NoteError]:
         t0 = time.perf_counter()
@@ -301,7 +299,7 @@ class Ingress:
 
         async def slot(n: BatchNote) -> NoteResult | NoteError:
             try:
-                return await self._one(n.note_id, n.text, req.policy, req.deadline_ms, t0)
+                return await self._one(n.note_id, self._validate(n.text), req.policy, req.deadline_ms, t0)
             except ApiError as exc:
                 self.metrics.note_errors.labels(exc.code).inc()
                 return NoteError(note_id=n.note_id, error=ErrorBody(code=exc.code, message=exc.message))

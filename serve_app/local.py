@@ -55,8 +55,7 @@ def deploy(cfg: AppConfig, raw: dict[str, Any], timeout_s: float = 120.0) -> Non
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    from serve_app.app import with_file_digest
-    from serve_app.pipeline import policies_path
+    from serve_app.app import router_user_config
 
     config = json.loads(json.dumps(raw))  # a deep copy
     app = config["applications"][0]
@@ -65,9 +64,7 @@ def deploy(cfg: AppConfig, raw: dict[str, Any], timeout_s: float = 120.0) -> Non
         app["deployments"] = [d for d in app["deployments"] if d["name"] != "LLMTier"]
     for dep in app["deployments"]:
         if dep["name"] == "Router":
-            if cfg.policies_file or not dep.get("user_config"):
-                dep["user_config"] = {"policies_file": str(policies_path(cfg.policies_file))}
-            dep["user_config"] = with_file_digest(dep["user_config"])
+            dep["user_config"] = router_user_config(cfg, dep.get("user_config"))
     schema = ServeDeploySchema.model_validate({"applications": config["applications"]})
     _get_global_client().deploy_apps(schema)
     name = app["name"]

@@ -26,7 +26,7 @@ from clinie.ood import OOD_FILE, OODStats
 from clinie.schema import ErrorBody, NoteError, NoteResult
 from deployments.fast_tier.config import EngineConfig
 from deployments.fast_tier.default import resolve_model_dir
-from deployments.fast_tier.engine import FastTierEngine, InputError, validate_text
+from deployments.fast_tier.engine import FastTierEngine, partition_notes
 from deployments.llm_tier.config import LLMTierConfig
 from router import LoadState, Router, RouterConfig, UnknownPolicy, compute_signals, load_router_config
 from router.policies import Decision
@@ -80,12 +80,9 @@ class _LocalTiers:
     async def _ensure_llm(self) -> Any:
         async with self._lock:
             if self._tier is None:
-                from deployments.llm_tier.default_model import ensure_default_llm
-                from deployments.llm_tier.engine import LLMTier, VLLMEngine
+                from deployments.llm_tier.engine import open_llm_tier
 
-                model = self.llm_cfg.model or ensure_default_llm()
-                self._engine = VLLMEngine(self.llm_cfg, model)
-                self._tier = LLMTier(self._engine, self.llm_cfg)
+                self._engine, self._tier = open_llm_tier(self.llm_cfg)
         return self._tier
 
     async def llm_extract(
@@ -153,17 +150,14 @@ class Pipeline:
         self, notes: Sequence[NoteInput], policy: str | None = None, progress: bool = False
     ) -> list[NoteResult | NoteError]:
         chosen = self.check_policy(policy)
+        readable = [i for i, n in enumerate(notes) if n.error is None]
+        checked, accepted = partition_notes([(notes[i].note_id, notes[i].text) for i in readable], self.max_note_chars)
         slots: list[NoteResult | NoteError | None] = [
             NoteError(note_id=n.note_id, error=n.error) if n.error is not None else None for n in notes
         ]
-        valid: list[tuple[int, str | None, str]] = []
-        for i, n in enumerate(notes):
-            if slots[i] is not None:
-                continue
-            try:
-                valid.append((i, n.note_id, validate_text(n.text, self.max_note_chars)))
-            except InputError as exc:
-                slots[i] = NoteError(note_id=n.note_id, error=ErrorBody(code=exc.code, message=exc.message))
+        for i, slot in zip(readable, checked, strict=True):
+            slots[i] = slot
+        valid = [(readable[j], note_id, text) for j, note_id, text in accepted]
         if chosen == "llm-only":
             results = asyncio.run(self._run_llm_only([(nid, text) for _, nid, text in valid]))
         else:
@@ -174,7 +168,7 @@ class Pipeline:
 
     def _tiers(self) -> _LocalTiers:
         ood_file = self.fast.cfg.model_dir / OOD_FILE
-        ood = OODStats.load(ood_file) if ood_file.exists() else None
+        ood = OODStats.load_if_present(ood_file)
         return _LocalTiers(self.router, ood, self.llm_cfg)
 
     async def _run_routed(

@@ -107,6 +107,21 @@ def validate_text(text: object, max_chars: int) -> str:
     return text
 
 
+def partition_notes(
+    notes: Sequence[tuple[str | None, object]], max_chars: int
+) -> tuple[list[NoteResult | NoteError | None], list[tuple[int, str | None, str]]]:
+    """Result slots in input order (a NoteError where a note is refused, None elsewhere) and the
+    accepted notes as (slot index, note_id, text): one bad note never stops the others."""
+    slots: list[NoteResult | NoteError | None] = [None] * len(notes)
+    valid: list[tuple[int, str | None, str]] = []
+    for i, (note_id, text) in enumerate(notes):
+        try:
+            valid.append((i, note_id, validate_text(text, max_chars)))
+        except InputError as err:
+            slots[i] = NoteError(note_id=note_id, error=ErrorBody(code=err.code, message=err.message))
+    return slots, valid
+
+
 def confidence_signals(a: NoteAnalysis) -> dict[str, float]:
     """Lowest and mean span confidence of a note (1.0 when it has no span)."""
     confs = [s.confidence for s in [*a.entities, *a.modifiers]]
@@ -154,13 +169,7 @@ class FastTierEngine:
         route: Callable[[NoteAnalysis], Route] | None = None,
     ) -> list[NoteResult | NoteError]:
         """Results in input order; a bad note gets a NoteError in its slot, the others still run."""
-        slots: list[NoteResult | NoteError | None] = [None] * len(notes)
-        valid: list[tuple[int, str | None, str]] = []
-        for i, (note_id, text) in enumerate(notes):
-            try:
-                valid.append((i, note_id, validate_text(text, self.cfg.max_note_chars)))
-            except InputError as err:
-                slots[i] = NoteError(note_id=note_id, error=ErrorBody(code=err.code, message=err.message))
+        slots, valid = partition_notes(notes, self.cfg.max_note_chars)
         analyses = self.analyze([(nid, text) for _, nid, text in valid], progress=progress)
         for (i, _, _), analysis in zip(valid, analyses, strict=True):
             slots[i] = self.to_result(analysis, route(analysis) if route else None)

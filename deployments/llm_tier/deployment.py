@@ -49,15 +49,12 @@ class LLMTierDeployment:
     async def _start(self) -> None:
         t0 = time.perf_counter()
         try:
-            from deployments.llm_tier.default_model import ensure_default_llm
-            from deployments.llm_tier.engine import LLMTier, VLLMEngine
+            from deployments.llm_tier.engine import open_llm_tier
 
-            model = self.cfg.model or await asyncio.to_thread(ensure_default_llm)
             # Built in a worker thread so this replica's event loop keeps answering (status,
             # health checks) during the slow start; vLLM's AsyncLLM then starts its output handler
             # on this loop at the first request.
-            self._engine = await asyncio.to_thread(VLLMEngine, self.cfg, model)
-            self._tier = LLMTier(self._engine, self.cfg)
+            self._engine, self._tier = await asyncio.to_thread(open_llm_tier, self.cfg)
             self._state = "ready"
             log.info("LLM tier ready in %.1f s", time.perf_counter() - t0)
         except Exception as exc:  # reported by /readyz; the application keeps serving the fast tier

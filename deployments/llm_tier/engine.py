@@ -163,3 +163,12 @@ class LLMTier:
         requests = X.modifier_requests(text, chunks, ext.entities)
         mod_outputs = await self.engine.generate([r.messages for r in requests], self.cfg.max_new_tokens)
         return X.parse_modifiers(text, ext, requests, mod_outputs)
+
+
+def open_llm_tier(cfg: LLMTierConfig) -> tuple[VLLMEngine, LLMTier]:
+    """Start the configured model (the embedded default when `cfg.model` is empty, converted on
+    first use) on vLLM, and the tier over it. Blocking: seconds to minutes."""
+    from deployments.llm_tier.default_model import ensure_default_llm
+
+    engine = VLLMEngine(cfg, cfg.model or ensure_default_llm())
+    return engine, LLMTier(engine, cfg)
