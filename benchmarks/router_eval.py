@@ -13,10 +13,18 @@
 (d) OOD probe: `ood_mahalanobis` of in-distribution notes (the dev notes and unlabelled notes of the
     same source as the training notes) against real non-clinical English text available offline
     (package READMEs and licence texts shipped inside the installed Python packages).
+(e) Quality vs cost, the headline: the shipped `default` policy and `calibrated`, each run in process
+    on the dev notes with the embedded LLM tier (`Pipeline.run`, the real engine on escalations):
+    F1 strict and relaxed, share of sentences and notes escalated, estimated LLM tokens, wall time
+    per note; `fast-only` and `llm-only` for reference. The shipped gain table was fitted on these
+    same notes, so `default` is also run cross-fitted: the dev notes in two halves, each routed by a
+    gain table fitted on the other half only (the honest held-out number). Counterfactual rows route
+    with the gold annotations as the LLM's answers (simulated; an upper bound).
 
     python -m benchmarks.router_eval [--model DIR] [--notes 20] [--llm-pred FILE] [--output-dir benchmarks/results]
 
-Writes `router_eval.json`, `risk_coverage.png`, `quality_vs_rate.png` and `quality_vs_cost.png`.
+Writes `router_eval.json`, `risk_coverage.png`, `quality_vs_rate.png`, `quality_vs_cost.png`,
+`gain_table.png` and `headline.png`.
 """
 
 from __future__ import annotations
@@ -36,13 +44,15 @@ import numpy as np
 from benchmarks.fast_tier import dev_documents
 from benchmarks.report import write_report
 from clinie.analysis import analysis_to_result
-from clinie.brat import Document
+from clinie.brat import Document, document_from_result
 from clinie.ood import OOD_FILE, OODStats
 from clinie.schema import NoteError, NoteResult
+from clinie.scoring import score_documents
 from deployments.fast_tier.config import EngineConfig
 from deployments.fast_tier.default import REPO_ROOT, resolve_model_dir
 from deployments.fast_tier.engine import FastTierEngine, fast_route, validate_text
-from router import SIGNALS, NoteSignals, Router, compute_signals, load_router_config
+from router import SIGNALS, NoteSignals, Router, RouterConfig, compute_signals, load_router_config
+from router.calibrate import fit_gain_table, gain_policy_spec
 from router.simulate import (
     HEADLINE,
     errors_captured_at,
@@ -198,7 +208,10 @@ def plot_risk_coverage(sel: dict[str, Any], path: Path) -> None:
 
 
 def routing_overhead(analyses: list[Any], ood: OODStats | None, repeat: int) -> dict[str, Any]:
+    from deployments.llm_tier.config import LLMTierConfig
+
     router = Router(load_router_config(POLICIES))
+    router.set_running_models(fast=analyses[0].model_tag, llm=LLMTierConfig().model_id)
     for a in analyses:  # warm-up
         router.decide(compute_signals(a, ood))
     total, sig_ms, dec_ms = [], [], []
@@ -436,6 +449,325 @@ def quality_section(
     return out
 
 
+# -- (e) quality vs cost of the shipped policies ---------------------------------------------------------
+
+HEADLINE_KEYS = ("relaxed_entities", "relaxed_relations")
+
+
+def halves(docs: list[Document]) -> tuple[list[Document], list[Document]]:
+    """Two folds of the dev notes for cross-fitting: alternate notes in name order."""
+    ordered = sorted(docs, key=lambda d: d.name)
+    return ordered[0::2], ordered[1::2]
+
+
+def with_gain_table(base: RouterConfig, table: dict[str, Any], fast_id: str, llm_id: str, data: str) -> RouterConfig:
+    """The shipped configuration with its `gain` policy's table replaced by `table`."""
+    raw = base.model_dump(mode="json")
+    old = raw["policies"].get("gain", {})
+    spec = gain_policy_spec(table, old.get("min_gain_per_cost", 0.0), old.get("margin_se", 1.0))
+    raw["policies"]["gain"] = spec
+    raw["calibrated_for"] = {"fast": fast_id, "llm": llm_id, "data": data}
+    return RouterConfig.model_validate(raw)
+
+
+def run_in_process(pipeline: Any, docs: list[Document], policy: str | None, sentences_total: int) -> dict[str, Any]:
+    """One real in-process run of a policy over the notes: scores of what it answered, escalation
+    shares, LLM tokens (the router's estimate), wall time (LLM engine start included when it
+    escalates: the pipeline starts its engine on the first escalation of a run)."""
+    from clinie.inputs import NoteInput
+
+    t0 = time.perf_counter()
+    answers = pipeline.run([NoteInput(note_id=d.name, text=d.text) for d in docs], policy=policy)
+    wall = time.perf_counter() - t0
+    results = {str(r.note_id): r for r in answers if isinstance(r, NoteResult)}
+    preds = {n: document_from_result(n, d.text, results[n]) for d in docs if (n := d.name) in results}
+    reasons: dict[str, int] = {}
+    esc_sent = esc_notes = 0
+    tokens = 0.0
+    for r in results.values():
+        reasons[r.route.reason] = reasons.get(r.route.reason, 0) + 1
+        if r.route.escalated:
+            esc_notes += 1
+            esc_sent += int(r.route.signals.get("escalated_sentences", 0))
+            tokens += float(r.route.signals.get("llm_tokens_estimate", 0.0))
+    return {
+        "_preds": preds,  # for scoring folds together; popped before the report is written
+        "policy": policy or "(default)",
+        "notes": len(docs),
+        "errors": len(answers) - len(results),
+        "f1": f1_summary(score_documents(docs, preds)),
+        "escalated_sentence_share": round(esc_sent / max(sentences_total, 1), 4),
+        "escalated_note_share": round(esc_notes / max(len(docs), 1), 4),
+        "llm_tokens": round(tokens, 1),
+        "wall_s": round(wall, 2),
+        "wall_s_per_note": round(wall / max(len(docs), 1), 3),
+        "reasons": dict(sorted(reasons.items())),
+    }
+
+
+def simulated_row(
+    docs: list[Document],
+    fast: dict[str, NoteResult],
+    answers: dict[str, NoteResult],
+    signals: dict[str, NoteSignals],
+    routers: dict[str, Router],
+    policy: str,
+) -> dict[str, Any]:
+    """F1 and cost of routing each note with `routers[note]` and `answers` as the LLM's answers."""
+    esc: dict[str, list[int]] = {}
+    tokens = 0.0
+    notes = 0
+    reasons: dict[str, int] = {}
+    for d in docs:
+        dec = routers[d.name].decide(signals[d.name], policy)
+        reasons[dec.reason] = reasons.get(dec.reason, 0) + 1
+        if dec.escalates:
+            notes += 1
+            tokens += dec.llm_tokens
+            esc[d.name] = list(range(len(signals[d.name].sentences))) if dec.action == "note" else dec.sentences
+    sentences = {d.name: signals[d.name].sentences for d in docs}
+    total = sum(len(v) for v in sentences.values())
+    return {
+        "policy": policy,
+        "notes": len(docs),
+        "f1": f1_summary(simulate(docs, fast, answers, esc, sentences)),
+        "escalated_sentence_share": round(sum(len(v) for v in esc.values()) / max(total, 1), 4),
+        "escalated_note_share": round(notes / max(len(docs), 1), 4),
+        "llm_tokens": round(tokens, 1),
+        "reasons": dict(sorted(reasons.items())),
+    }
+
+
+def _fold_routers(
+    base: RouterConfig,
+    folds: tuple[list[Document], list[Document]],
+    fast: dict[str, NoteResult],
+    answers: dict[str, NoteResult],
+    signals: dict[str, NoteSignals],
+    fast_id: str,
+    llm_id: str,
+    label: str,
+) -> tuple[dict[str, Router], list[dict[str, Any]]]:
+    """Per note, a router whose gain table was fitted on the other fold only."""
+    gain = base.all_policies()["gain"]
+    routers: dict[str, Router] = {}
+    tables = []
+    for fit, held in (folds, folds[::-1]):
+        table = fit_gain_table(fit, fast, answers, signals, gain.signal, metrics=gain.metrics)
+        cfg = with_gain_table(base, table, fast_id, llm_id, f"{label}: fold of {len(fit)} dev notes")
+        r = Router(cfg)
+        r.set_running_models(fast=fast_id, llm=llm_id)
+        for d in held:
+            routers[d.name] = r
+        tables.append({"fitted_on": [d.name for d in fit], "buckets": cfg.policies["gain"]["buckets"]})
+    return routers, tables
+
+
+def headline(
+    docs: list[Document],
+    fast: dict[str, NoteResult],
+    llm_results: dict[str, NoteResult],
+    llm_wall_s: float | None,
+    signals: dict[str, NoteSignals],
+    model_dir: Path,
+    out_dir: Path,
+    llm_timeout: float,
+) -> dict[str, Any]:
+    from deployments.llm_tier.config import LLMTierConfig
+    from serve_app.pipeline import Pipeline
+
+    shipped = load_router_config(POLICIES)
+    fast_id = next(iter(fast.values())).models.get("bert", "")
+    llm_cfg = LLMTierConfig(request_timeout_s=llm_timeout)
+    llm_id = llm_cfg.model_id
+    total = sum(len(s.sentences) for s in signals.values())
+    folds = halves(docs)
+    out: dict[str, Any] = {
+        "notes": len(docs),
+        "sentences": total,
+        "models": {"fast": fast_id, "llm": llm_id},
+        "shipped_calibrated_for": shipped.calibrated_for.model_dump() if shipped.calibrated_for else None,
+        "folds": [[d.name for d in f] for f in folds],
+    }
+    if shipped.calibrated_for is not None and (shipped.calibrated_for.fast, shipped.calibrated_for.llm) != (
+        fast_id,
+        llm_id,
+    ):
+        print(f"NOTE: the shipped policies were calibrated for {shipped.calibrated_for}, running {fast_id}, {llm_id}")
+
+    # the real runs, in process, with the embedded LLM tier
+    pipeline = Pipeline(model_dir=model_dir, llm=llm_cfg, router=shipped)
+    pipeline.fast.extract([("warmup", docs[0].text)])  # load and warm the fast tier outside the timings
+    runs: dict[str, Any] = {}
+    # fast-only and default alternate, twice, and keep their faster run: other work on this
+    # machine's two cores moves single timings by more than the difference being measured
+    for label, policy in (("fast-only", "fast-only"), ("default", None)) * 2 + (("calibrated", "calibrated"),):
+        print(f"in process: {label} on {len(docs)} dev notes ...", flush=True)
+        run = run_in_process(pipeline, docs, policy, total)
+        run.pop("_preds")
+        walls = [*runs.get(label, {}).get("wall_s_runs", []), run["wall_s"]]
+        if label not in runs or run["wall_s"] < runs[label]["wall_s"]:
+            runs[label] = run
+        runs[label].update({"label": label, "wall_s_runs": walls})
+    runs["default"]["note"] = "shipped gain table, fitted on these same 20 dev notes (in-sample)"
+    # cross-fitted default: each half routed by a table fitted on the other half, run for real
+    routers, tables = _fold_routers(shipped, folds, fast, llm_results, signals, fast_id, llm_id, "LLM tier")
+    parts = []
+    for i, held in enumerate(folds):
+        fold_pipeline = Pipeline(model_dir=model_dir, llm=llm_cfg, router=routers[held[0].name].config)
+        fold_pipeline._fast = pipeline.fast  # the same warm engine
+        print(f"in process: default cross-fitted, fold {i + 1} ({len(held)} notes) ...", flush=True)
+        held_total = sum(len(signals[d.name].sentences) for d in held)
+        parts.append((held, held_total, run_in_process(fold_pipeline, held, None, held_total)))
+    preds: dict[str, Document] = {}
+    reasons: dict[str, int] = {}
+    for _, _, r in parts:
+        preds.update(r.pop("_preds"))
+        for k, v in r["reasons"].items():
+            reasons[k] = reasons.get(k, 0) + v
+    wall = sum(r["wall_s"] for _, _, r in parts)
+    cross = {
+        "label": "default (cross-fitted)",
+        "policy": "default",
+        "notes": len(docs),
+        "f1": f1_summary(score_documents(docs, preds)),
+        "f1_simulated": simulated_row(docs, fast, llm_results, signals, routers, "default")["f1"],
+        "escalated_sentence_share": round(sum(r["escalated_sentence_share"] * t for _, t, r in parts) / total, 4),
+        "escalated_note_share": round(sum(r["escalated_note_share"] * len(h) for h, _, r in parts) / len(docs), 4),
+        "llm_tokens": round(sum(r["llm_tokens"] for _, _, r in parts), 1),
+        "wall_s": round(wall, 2),
+        "wall_s_per_note": round(wall / len(docs), 3),
+        "reasons": dict(sorted(reasons.items())),
+        "fold_runs": [r for _, _, r in parts],
+        "tables": tables,
+        "note": "each half of the dev notes run in process with a gain table fitted on the other half only",
+    }
+    llm_only = {
+        "label": "llm-only",
+        "policy": "llm-only",
+        "notes": len(docs),
+        "f1": f1_summary(
+            score_documents(
+                docs, {n: document_from_result(n, d.text, llm_results[n]) for d in docs if (n := d.name) in llm_results}
+            )
+        ),
+        "escalated_sentence_share": 1.0,
+        "escalated_note_share": 1.0,
+        "llm_tokens": round(sum(shipped.costs.llm_tokens(s.sentence_chars) for s in signals.values()), 1),
+        "wall_s": llm_wall_s,
+        "wall_s_per_note": None if llm_wall_s is None else round(llm_wall_s / len(docs), 3),
+        "note": "the cached llm-only run (--llm-pred) whose answers the gain tables are fitted on",
+    }
+    # counterfactual: a perfect LLM (gold answers), simulated
+    gold = gold_as_results(docs)
+    shipped_router = Router(shipped)
+    shipped_router.set_running_models(fast=fast_id, llm=llm_id)
+    oracle_routers, oracle_tables = _fold_routers(shipped, folds, fast, gold, signals, fast_id, llm_id, "oracle")
+    oracle = {
+        "calibrated": {
+            **simulated_row(docs, fast, gold, signals, dict.fromkeys(fast, shipped_router), "calibrated"),
+            "label": "calibrated, perfect LLM (counterfactual)",
+        },
+        "gain_cross_fitted": {
+            **simulated_row(docs, fast, gold, signals, oracle_routers, "gain"),
+            "label": "gain (cross-fitted on gold answers), perfect LLM (counterfactual)",
+            "tables": oracle_tables,
+        },
+    }
+    rows = [runs["fast-only"], runs["default"], cross, runs["calibrated"], llm_only, *oracle.values()]
+    base_f1, base_wall = runs["fast-only"]["f1"], runs["fast-only"]["wall_s_per_note"]
+    target = {
+        "definition": "default loses <= 0.5 point of relaxed entity and relation F1 to fast-only and takes <= 1.5x "
+        "its wall time (in process, same notes); measured with the cross-fitted default",
+        "loss_points": {k: round(100 * (base_f1[k] - cross["f1"][k]), 2) for k in HEADLINE_KEYS},
+        "wall_ratio": round(cross["wall_s_per_note"] / base_wall, 3) if base_wall else None,
+        "shipped_default_wall_ratio": round(runs["default"]["wall_s_per_note"] / base_wall, 3) if base_wall else None,
+    }
+    target["met"] = bool(
+        all(v <= 0.5 for v in target["loss_points"].values())
+        and target["wall_ratio"] is not None
+        and target["wall_ratio"] <= 1.5
+    )
+    out.update({"rows": rows, "target": target, "oracle": oracle})
+    # the gain table the shipped default holds (and the same fit with gold answers)
+    gain_cfg = shipped.all_policies()["gain"]
+    out["gain_tables"] = {
+        "llm_tier": fit_gain_table(docs, fast, llm_results, signals, gain_cfg.signal, metrics=gain_cfg.metrics),
+        "perfect_llm_counterfactual": fit_gain_table(
+            docs, fast, gold, signals, gain_cfg.signal, metrics=gain_cfg.metrics
+        ),
+    }
+    for t in out["gain_tables"].values():
+        t.pop("values")
+        t.pop("gains")
+    _print_headline(rows, target)
+    plot_headline(rows, out["gain_tables"], gain_cfg.signal, out_dir)
+    return out
+
+
+def _print_headline(rows: list[dict[str, Any]], target: dict[str, Any]) -> None:
+    keys = [f"{m}_{g}" for m in ("strict", "relaxed") for g in ("entities", "modifiers", "relations")]
+    print("\nquality vs cost (dev notes; F1 strict ent/mod/rel | relaxed ent/mod/rel)")
+    print(f"{'row':60} {'F1':>41} {'sent.':>6} {'notes':>6} {'tokens':>9} {'s/note':>7}")
+    for r in rows:
+        f = " ".join(f"{r['f1'][k]:.3f}" for k in keys)
+        wall = r.get("wall_s_per_note")
+        print(
+            f"{r.get('label', r['policy'])[:60]:60} {f:>41} {r['escalated_sentence_share']:6.3f} "
+            f"{r['escalated_note_share']:6.3f} {r['llm_tokens']:9.0f} {'' if wall is None else f'{wall:7.2f}':>7}"
+        )
+    print(f"target: {json.dumps(target)}")
+
+
+def plot_headline(rows: list[dict[str, Any]], tables: dict[str, Any], signal: str, out_dir: Path) -> None:
+    """`headline.png`: relaxed entity and relation F1 against LLM tokens and wall time per note;
+    `gain_table.png`: the gain per bucket (± 1 standard error) that decided the default."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, xkey, xlabel in (
+        (axes[0], "llm_tokens", "estimated LLM tokens on the dev notes"),
+        (axes[1], "wall_s_per_note", "wall time per note, in process (s)"),
+    ):
+        for i, r in enumerate(rows):
+            if r.get(xkey) is None:
+                continue
+            for key, marker in (("relaxed_entities", "o"), ("relaxed_relations", "s")):
+                ax.plot([r[xkey]], [r["f1"][key]], marker, color=f"C{i}", ms=8)
+            ax.plot([], [], "o", color=f"C{i}", label=r.get("label", r["policy"]))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("F1 (o relaxed entities, s relaxed relations)")
+        ax.set_ylim(0, 1.02)
+        ax.set_xscale("symlog")
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle("Quality vs cost on the dev notes: shipped policies, embedded LLM tier, perfect-LLM counterfactual")
+    fig.tight_layout()
+    fig.savefig(out_dir / "headline.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for (label, t), color in zip(tables.items(), ("C3", "C2"), strict=False):
+        b = t["buckets"]
+        x = np.arange(len(b))
+        ax.errorbar(x, [r["gain"] for r in b], yerr=[r["se"] for r in b], fmt="-o", color=color, capsize=3, label=label)
+        ax.set_xticks(
+            x, [f"<{r['upper']:.3g}" if r["upper"] is not None else "rest" for r in b], rotation=45, fontsize=7
+        )
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xlabel(
+        f"bucket of {signal} (riskiest first)" if SIGNALS[signal].riskier == "lower" else f"bucket of {signal}"
+    )
+    ax.set_ylabel("gain: change of F1 per unit share of sentences escalated")
+    ax.set_title("Gain of the LLM tier's answer over the fast tier's, per bucket (20 dev notes, +-1 se)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "gain_table.png", dpi=110)
+    plt.close(fig)
+
+
 # -- (d) OOD probe ---------------------------------------------------------------------------------
 
 
@@ -545,6 +877,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--llm-timeout", type=float, default=3600.0, help="LLM deadline per note, s (whole batch).")
     p.add_argument("--overhead-repeat", type=int, default=50, help="Passes over the notes when timing routing.")
     p.add_argument("--unlabelled", type=int, default=50, help="Unlabelled in-distribution notes for the OOD probe.")
+    p.add_argument(
+        "--llm-wall-s", type=float, help="Wall time of the run that wrote --llm-pred (for the llm-only row)."
+    )
+    p.add_argument("--skip-ood", action="store_true", help="Skip the OOD probe (d).")
     args = p.parse_args(argv)
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -592,13 +928,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # (c)
     llm = llm_predictions(args, model_dir, docs, out_dir)
-    quality = quality_section(docs, fast, llm.pop("results"), signals, best, list(sel["sentence_signals"]), out_dir)
+    llm_results = llm.pop("results")
+    quality = quality_section(docs, fast, llm_results, signals, best, list(sel["sentence_signals"]), out_dir)
     if llm["errors"]:
         print(f"WARNING: the LLM tier failed on {llm['errors']} of {len(docs)} notes (they keep the fast answer)")
 
+    # (e)
+    head = None
+    if llm_results:
+        head = headline(
+            docs, fast, llm_results, args.llm_wall_s or llm["wall_s"], signals, model_dir, out_dir, args.llm_timeout
+        )
+
     # (d)
     probe = None
-    if ood is not None:
+    if ood is not None and not args.skip_ood:
         probe = ood_probe(engine, ood, {n: s.note["ood_mahalanobis"] for n, s in signals.items()}, args.unlabelled)
         ind, far = probe["in_distribution"], probe["out_of_distribution"]
         print(
@@ -629,6 +973,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "routing_overhead": overhead,
         "llm_predictions": llm,
         "quality_vs_cost": quality,
+        "headline": head,
         "ood_probe": probe,
     }
     write_report(report, out_dir / "router_eval.json")

@@ -1,26 +1,48 @@
-"""The router's configuration: named policies, the default, load limits and the cost model.
+"""The router's configuration: named policies, the default, load limits, the cost model, and the
+models the file's gains were measured on.
 
 Policy files are YAML or JSON with this shape (what `clinie calibrate` writes)::
 
     default_policy: default
     costs: {llm_cost_per_token: 1.0}
     load: {max_llm_queue: 8}
+    calibrated_for:                   # required when a `gain` policy has a table
+      fast: clinie-fast@a9bed267db    # the fast tier's model_tag (NAME@VERSION[+PRECISION])
+      llm: smollm2-135m-instruct-v2   # the LLM tier's model id (NAME[+lora:ADAPTER]), LLMTierConfig.model_id
     policies:
       calibrated: {kind: threshold, signal: min_token_prob, threshold: 0.62}
-      default: {kind: budget, inner: calibrated, rate_per_minute: 200000, burst: 50000}
+      gain:
+        kind: gain
+        signal: min_token_prob
+        min_gain_per_cost: 0.0        # price: least gain per cost unit of a sentence (0: any gain)
+        margin_se: 1.0                # act on gain minus 1 standard error
+        metrics: [relaxed_entities, relaxed_modifiers, relaxed_relations]
+        buckets:                      # ascending `upper` of the signal; the last has `upper: null`
+          - {upper: 0.31, gain: -0.42, se: 0.05, sentences: 105}
+          - {upper: null, gain: -0.11, se: 0.02, sentences: 944}
+      default: {kind: budget, inner: gain, rate_per_minute: 200000, burst: 50000}
 
-`fast-only` and `llm-only` always exist and cannot be redefined. A file that fails validation is
-refused with a message naming the field (`policies.default.threshold: ...`).
+Kinds: `threshold` and `budget` (`router.policies.builtin`), `gain` (`router.policies.gain`, whose
+docstring defines gain, cost and price), and any kind registered with `@register`. `fast-only` and
+`llm-only` always exist and cannot be redefined. A file that fails validation is refused with a
+message naming the field (`policies.default.threshold: ...`, `calibrated_for.llm: ...`).
+
+`calibrated_for` names the models the `gain` tables were measured on. The host tells the router
+which models are running (`Router.set_running_models`); while they differ from these (or are not
+reported), `gain` policies do not escalate (`route.reason = "uncalibrated_models"`) and
+`Router.model_check()` lists the mismatches. Threshold policies do not depend on it: their
+thresholds are quantiles of a fast-tier signal and say nothing about the LLM tier.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from router.policies import REGISTRY, CostModel, PolicyConfig
 
@@ -48,6 +70,40 @@ class LoadLimits(BaseModel):
     )
 
 
+# Model ids as results name them: the fast tier's `NAME@VERSION` (+ `+fp32` when not int8), the LLM
+# tier's served name or model folder name (hub ids may keep their `org/`), + `+lora:ADAPTER`.
+FAST_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*@[A-Za-z0-9]+(\+[a-z0-9]+)?")
+LLM_MODEL_ID = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?(\+lora:[A-Za-z0-9][A-Za-z0-9._-]*)?"
+)
+
+
+class CalibratedFor(BaseModel):
+    """The pair of models a configuration's gain tables were measured on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fast: str = Field(description="Fast-tier model id (`model_tag`, e.g. clinie-fast@a9bed267db).")
+    llm: str = Field(description="LLM-tier model id (`LLMTierConfig.model_id`, e.g. smollm2-135m-instruct-v2).")
+    data: str = Field(default="", max_length=500, description="What the gains were measured on (free text).")
+
+    @field_validator("fast")
+    @classmethod
+    def _fast_shape(cls, v: str) -> str:
+        if len(v) > 200 or not FAST_MODEL_ID.fullmatch(v):
+            raise ValueError(f"{v[:80]!r} is not a fast-tier model id (NAME@VERSION, e.g. clinie-fast@a9bed267db)")
+        return v
+
+    @field_validator("llm")
+    @classmethod
+    def _llm_shape(cls, v: str) -> str:
+        if len(v) > 200 or not LLM_MODEL_ID.fullmatch(v):
+            raise ValueError(
+                f"{v[:80]!r} is not an LLM model id (NAME or NAME+lora:ADAPTER, e.g. smollm2-135m-instruct-v2)"
+            )
+        return v
+
+
 class RouterConfig(BaseModel):
     """Everything the router needs; hot-reloadable as one unit."""
 
@@ -59,6 +115,9 @@ class RouterConfig(BaseModel):
     )
     costs: CostModel = Field(default_factory=CostModel, description="Cost model for budgets and reports.")
     load: LoadLimits = Field(default_factory=LoadLimits, description="LLM-tier overload limits.")
+    calibrated_for: CalibratedFor | None = Field(
+        default=None, description="Models the gain tables were measured on (required with a gain table)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RouterConfig:
@@ -82,6 +141,12 @@ class RouterConfig(BaseModel):
                 where = ".".join(str(p) for p in err["loc"])
                 msg = err["msg"].removeprefix("Value error, ")
                 raise ValueError(f"policies.{name}{'.' + where if where else ''}: {msg}") from None
+        for name, cfg in validated.items():
+            if self.calibrated_for is None and getattr(cfg, "buckets", None):
+                raise ValueError(
+                    f"calibrated_for: required by policy {name!r}, whose gains were measured on some models "
+                    "(name them: fast, llm)"
+                )
         for name, cfg in validated.items():
             seen = {name}
             while (inner := getattr(cfg, "inner", None)) is not None:
@@ -127,11 +192,14 @@ def load_router_config(path: Path) -> RouterConfig:
 
 
 def fallback_config() -> RouterConfig:
-    """Used when no calibrated policy file exists: `default` escalates sentences whose least
-    certain word-piece is below 0.5 (an uncalibrated guess; run `clinie calibrate`)."""
+    """Used when no policy file is given: nothing was measured, so `default` (a budget over a `gain`
+    policy with an empty table) escalates nothing and says so (`route.reason = "uncalibrated"`);
+    `confidence` escalates sentences whose least certain word-piece is below 0.5 (an uncalibrated
+    guess, by name only). Run `clinie calibrate --llm-pred` for a measured default."""
     return RouterConfig(
         policies={
             "confidence": {"kind": "threshold", "signal": "min_token_prob", "threshold": 0.5},
-            "default": {"kind": "budget", "inner": "confidence", "rate_per_minute": 600_000, "burst": 100_000},
+            "gain": {"kind": "gain", "signal": "min_token_prob", "buckets": []},
+            "default": {"kind": "budget", "inner": "gain", "rate_per_minute": 600_000, "burst": 100_000},
         }
     )

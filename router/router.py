@@ -4,12 +4,17 @@
 unavailable or overloaded LLM tier means the fast tier answers and says why, so nothing ever
 queues without bound behind the LLM tier). `reconfigure` swaps the configuration atomically and
 keeps the running one when the new one fails validation.
+
+Whoever hosts the router tells it which models run (`set_running_models`); `model_check()` compares
+them with the configuration's `calibrated_for` (for `/readyz`), and policies see the outcome as
+`RouteContext.models_match` (a `gain` policy does not escalate on a gain measured on other models).
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -46,12 +51,50 @@ class _Counters:
 
 
 class Router:
-    """Policies by name with hot reload, load guard and realized-rate counters."""
+    """Policies by name with hot reload, load guard, model check and realized-rate counters."""
 
     def __init__(self, config: RouterConfig):
         self._lock = threading.Lock()
         self._counts = _Counters()
+        self._running: dict[str, str | None] = {"fast": None, "llm": None}
         self._install(config, previous=None)
+
+    def set_running_models(self, fast: str | None = None, llm: str | None = None) -> None:
+        """The model ids of the tiers now serving (fast tier: its `model_tag`; LLM tier:
+        `LLMTierConfig.model_id`, known before its engine starts); None = not running / unknown.
+        Call again whenever a tier changes; it replaces both."""
+        with self._lock:
+            self._running = {"fast": fast, "llm": llm}
+
+    @staticmethod
+    def _mismatches(config: RouterConfig, running: dict[str, str | None]) -> list[str]:
+        want = config.calibrated_for
+        if want is None:  # nothing was measured on particular models
+            return []
+        out = []
+        for tier, calibrated in (("fast", want.fast), ("llm", want.llm)):
+            now = running[tier]
+            if now != calibrated:
+                out.append(
+                    f"{tier}: calibrated for {calibrated!r}, running {now!r}"
+                    if now
+                    else f"{tier}: calibrated for {calibrated!r}, running model not reported"
+                )
+        return out
+
+    def model_check(self) -> dict[str, Any]:
+        """For `/readyz`: `{"calibrated_for": {"fast", "llm", "data"} | None, "running": {"fast",
+        "llm"}, "match": bool, "mismatches": [str, ...]}`. `match` is true when no model the policy
+        file was calibrated for differs from (or is missing among) the running ones."""
+        with self._lock:
+            config, running = self.config, dict(self._running)
+        mismatches = self._mismatches(config, running)
+        return {
+            "calibrated_for": config.calibrated_for.model_dump() if config.calibrated_for else None,
+            "running": running,
+            "match": not mismatches,
+            "mismatches": mismatches,
+        }
 
     def _install(self, config: RouterConfig, previous: dict[str, Policy] | None) -> None:
         policies: dict[str, Policy] = {}
@@ -98,6 +141,7 @@ class Router:
         with self._lock:  # config and policies of one reload together (a reload swaps both)
             name = self.check(policy)
             chosen, costs, limits = self.policies[name], self.config.costs, self.config.load
+            models_match = not self._mismatches(self.config, self._running)
         load = load or LoadState()
         blocked: str | None = None
         if not load.llm_available:
@@ -108,7 +152,16 @@ class Router:
             and load.llm_p50_ms * limits.latency_headroom > deadline_ms
         ):
             blocked = "llm_overloaded"
-        decision = chosen.decide(RouteContext(signals=signals, costs=costs, llm_blocked=blocked))
+        expected = None if load.llm_p50_ms is None else load.llm_p50_ms * limits.latency_headroom
+        ctx = RouteContext(
+            signals=signals,
+            costs=costs,
+            llm_blocked=blocked,
+            models_match=models_match,
+            deadline_ms=deadline_ms,
+            llm_expected_ms=expected,
+        )
+        decision = chosen.decide(ctx)
         if decision.escalates and blocked is not None:
             decision = Decision(action="fast", reason=blocked)
         self._count(signals, decision)

@@ -86,6 +86,62 @@ def sentence_errors(
     return wrong
 
 
+def score_counts(scores: Scores) -> np.ndarray:
+    """(tp, fp, fn) per F1 key (`F1_KEYS` order): shape [len(F1_KEYS), 3]."""
+    out = np.zeros((len(F1_KEYS), 3))
+    for k, key in enumerate(F1_KEYS):
+        mode, group = key.split("_", 1)
+        prf = scores.overall.get(mode, {}).get(group)
+        if prf is not None:
+            out[k] = (prf.tp, prf.fp, prf.fn)
+    return out
+
+
+def _by_sentence(doc: Document, starts: list[int], n: int) -> list[Document]:
+    """The document cut into one document per sentence: a span goes to the sentence its start
+    falls in (as in the merge), a relation to its entity's sentence when its modifier is there too."""
+    spans: list[list[Any]] = [[] for _ in range(n)]
+    where: dict[str, int] = {}
+    for s in doc.spans:
+        i = _sentence_of(starts, n, s.start)
+        spans[i].append(s)
+        where[s.id] = i
+    rels: list[list[Any]] = [[] for _ in range(n)]
+    for r in doc.relations:
+        i = where.get(r.entity)
+        if i is not None and where.get(r.modifier) == i:
+            rels[i].append(r)
+    return [Document(name=doc.name, text=doc.text, spans=spans[i], relations=rels[i]) for i in range(n)]
+
+
+def sentence_deltas(
+    doc: Document, fast: NoteResult, llm: NoteResult, sentences: Sequence[tuple[int, int]]
+) -> np.ndarray:
+    """Per sentence, how the counts change when that sentence takes the LLM tier's answer instead
+    of the fast tier's: shape [len(sentences), len(F1_KEYS), 3] of (d tp, d fp, d fn).
+
+    Each tier is scored against gold within the sentence alone (spans by their start, relations
+    by their entity, as `router.merge` assigns them), so the deltas of different sentences add up:
+    escalating a set of sentences changes the corpus counts by the sum of their deltas (up to
+    relaxed matches and relations that cross a sentence boundary, which are rare).
+    """
+    n = len(sentences)
+    out = np.zeros((n, len(F1_KEYS), 3))
+    if n == 0:
+        return out
+    starts = [s for s, _ in sentences]
+    gold = _by_sentence(doc, starts, n)
+    fast_docs = _by_sentence(document_from_result(doc.name, doc.text, fast), starts, n)
+    llm_docs = _by_sentence(document_from_result(doc.name, doc.text, llm), starts, n)
+    for i in range(n):
+        if not fast_docs[i].spans and not llm_docs[i].spans:
+            continue  # both tiers answer nothing here: the same counts
+        f = score_counts(score_documents([gold[i]], {doc.name: fast_docs[i]}))
+        g = score_counts(score_documents([gold[i]], {doc.name: llm_docs[i]}))
+        out[i] = g - f
+    return out
+
+
 # -- selective prediction: risk-coverage -----------------------------------------------------------
 
 

@@ -168,6 +168,7 @@ FALLBACK_BUDGET = {"rate_per_minute": 600_000, "burst": 100_000}  # as router.co
 
 def _check_calibrate_args(args: argparse.Namespace) -> None:
     """Everything about the arguments that can be refused before any model is loaded."""
+    from router.policies.gain import METRICS
     from router.signals import SIGNALS
     from router.simulate import F1_KEYS
 
@@ -175,6 +176,12 @@ def _check_calibrate_args(args: argparse.Namespace) -> None:
     if args.signal not in known:
         extra = " (a note-level signal: use the threshold policy's ood_threshold)" if args.signal in SIGNALS else ""
         raise UsageError(f"unknown signal {args.signal!r}{extra}; known sentence signals: {', '.join(known)}")
+    targets = (args.target_rate, args.target_f1, args.budget_per_minute)
+    if all(t is None for t in targets) and not args.llm_pred:
+        raise UsageError(
+            "one of --target-rate, --target-f1, --budget-per-minute (the threshold policy) "
+            "or --llm-pred (the gain policy) is required"
+        )
     if args.target_rate is not None and not 0.0 <= args.target_rate <= 1.0:
         raise UsageError(f"--target-rate must be within 0..1, not {args.target_rate}")
     if args.unit == "note" and args.target_rate is None:
@@ -184,12 +191,19 @@ def _check_calibrate_args(args: argparse.Namespace) -> None:
             raise UsageError(f"--target-f1 must be within 0..1, not {args.target_f1}")
         if not args.llm_pred:
             raise UsageError("--target-f1 needs --llm-pred: the LLM tier's predictions (JSONL) on the gold notes")
-        if not Path(args.llm_pred).is_file():
-            raise UsageError(f"LLM predictions file not found: {args.llm_pred}")
         if args.f1_metric not in F1_KEYS:
             raise UsageError(f"unknown --f1-metric {args.f1_metric!r}; known: {', '.join(F1_KEYS)}")
-    elif args.llm_pred:
-        raise UsageError("--llm-pred goes with --target-f1")
+    if args.llm_pred and not Path(args.llm_pred).is_file():
+        raise UsageError(f"LLM predictions file not found: {args.llm_pred}")
+    if args.min_gain_per_cost < 0:
+        raise UsageError(f"--min-gain-per-cost must not be negative, not {args.min_gain_per_cost}")
+    if args.margin_se < 0:
+        raise UsageError(f"--margin-se must not be negative, not {args.margin_se}")
+    if args.buckets is not None and args.buckets < 1:
+        raise UsageError(f"--buckets must be at least 1, not {args.buckets}")
+    bad = [m for m in args.gain_metrics.split(",") if m not in METRICS]
+    if bad:
+        raise UsageError(f"unknown --gain-metrics F1 {bad[0]!r}; known: {', '.join(METRICS)}")
     if args.budget_per_minute is not None:
         if args.budget_per_minute < 0:
             raise UsageError("--budget-per-minute must not be negative")
@@ -215,6 +229,19 @@ def _load_base_policies(path: Path) -> tuple[dict[str, Any], Any]:
     return raw, cfg
 
 
+def _base_budget(raw: dict[str, Any], budget_per_minute: float | None) -> dict[str, float]:
+    """The budget numbers to keep: the base's default policy's when it is a budget, else its
+    first budget policy's, else the built-in fallback's; `budget_per_minute` replaces the rate."""
+    policies = raw.get("policies") or {}
+    budgets = [v for v in policies.values() if isinstance(v, dict) and v.get("kind") == "budget"]
+    chosen = policies.get(raw.get("default_policy", "default"))
+    src = chosen if isinstance(chosen, dict) and chosen.get("kind") == "budget" else (budgets or [FALLBACK_BUDGET])[0]
+    budget = {"rate_per_minute": src["rate_per_minute"], "burst": src["burst"]}
+    if budget_per_minute is not None:
+        budget["rate_per_minute"] = budget_per_minute
+    return budget
+
+
 def calibrated_policies(
     base: dict[str, Any],
     signal: str,
@@ -228,16 +255,31 @@ def calibrated_policies(
     fallback's); `budget_per_minute` replaces the refill rate. Returns (mapping, budget numbers)."""
     raw = dict(base)
     policies = {k: dict(v) if isinstance(v, dict) else v for k, v in (raw.get("policies") or {}).items()}
-    budgets = [v for v in policies.values() if isinstance(v, dict) and v.get("kind") == "budget"]
-    chosen = policies.get(raw.get("default_policy", "default"))
-    src = chosen if isinstance(chosen, dict) and chosen.get("kind") == "budget" else (budgets or [FALLBACK_BUDGET])[0]
-    budget = {"rate_per_minute": src["rate_per_minute"], "burst": src["burst"]}
-    if budget_per_minute is not None:
-        budget["rate_per_minute"] = budget_per_minute
+    budget = _base_budget(raw, budget_per_minute)
     policies["calibrated"] = {"kind": "threshold", "signal": signal, "threshold": float(threshold), "scope": scope}
     policies["default"] = {"kind": "budget", "inner": "calibrated", **budget}
     raw["policies"] = policies
     raw["default_policy"] = "default"
+    return raw, budget
+
+
+def gain_policies(
+    base: dict[str, Any],
+    gain_spec: dict[str, Any],
+    calibrated_for: dict[str, str],
+    budget_per_minute: float | None = None,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The base policy mapping with `gain` (the measured table), `default` (a budget wrapping it)
+    as the default policy, and `calibrated_for` (the models the table was measured on); the
+    base's other policies (`calibrated` among them) stay. Returns (mapping, budget numbers)."""
+    raw = dict(base)
+    policies = {k: dict(v) if isinstance(v, dict) else v for k, v in (raw.get("policies") or {}).items()}
+    budget = _base_budget(raw, budget_per_minute)
+    policies["gain"] = gain_spec
+    policies["default"] = {"kind": "budget", "inner": "gain", **budget}
+    raw["policies"] = policies
+    raw["default_policy"] = "default"
+    raw["calibrated_for"] = dict(calibrated_for)
     return raw, budget
 
 
@@ -259,8 +301,20 @@ def _read_llm_results(path: Path, names: set[str]) -> tuple[dict[str, Any], int]
     return out, skipped
 
 
+def _llm_model_id(results: dict[str, Any], explicit: str | None) -> str:
+    """The LLM model the predictions came from: `--llm-model-id`, else their `models.llm`."""
+    if explicit:
+        return explicit
+    ids = {r.models.get("llm") for r in results.values()} - {None, ""}
+    if len(ids) != 1:
+        found = ", ".join(sorted(ids)) or "none"
+        raise UsageError(f"the LLM predictions name {found} as models.llm: give the model with --llm-model-id")
+    return ids.pop()
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    """Choose the threshold of a policy on a labelled set and write the policy file."""
+    """Choose the threshold of a policy and/or measure the gain table on a labelled set, and
+    write the policy file."""
     import numpy as np
     import yaml
 
@@ -270,7 +324,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from deployments.fast_tier.default import resolve_model_dir
     from deployments.fast_tier.engine import FastTierEngine, InputError, fast_route, validate_text
     from router import PolicyConfigError, compute_signals, load_router_config
-    from router.calibrate import flagged_fraction, rate_for_budget, rate_for_f1, signal_values, threshold_for_rate
+    from router.calibrate import (
+        fit_gain_table,
+        flagged_fraction,
+        gain_policy_spec,
+        rate_for_budget,
+        rate_for_f1,
+        signal_values,
+        threshold_for_rate,
+    )
+    from router.config import CalibratedFor
     from router.signals import SIGNALS
 
     _check_calibrate_args(args)
@@ -290,10 +353,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if not docs:
         raise UsageError(f"no usable notes in {args.gold}")
     llm_results: dict[str, Any] = {}
-    if args.target_f1 is not None:
+    llm_id = ""
+    if args.llm_pred:
         llm_results, skipped = _read_llm_results(Path(args.llm_pred), {d.name for d in docs})
         if not llm_results:
             raise UsageError(f"{args.llm_pred} holds no usable LLM prediction for the notes in {args.gold}")
+        llm_id = _llm_model_id(llm_results, args.llm_model_id)
         missing = len(docs) - len(llm_results)
         if missing or skipped:
             print(
@@ -304,6 +369,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     model_dir = resolve_model_dir(args.model)
     engine = FastTierEngine(EngineConfig(model_dir=model_dir))
+    if llm_id:
+        try:  # refuse a malformed id before the minutes of the fast pass
+            CalibratedFor(fast=engine.model_tag, llm=llm_id)
+        except ValueError as exc:
+            raise UsageError(f"calibrated_for: {exc}") from exc
     analyses = engine.analyze([(d.name, d.text) for d in docs], progress=True)
     ood_file = model_dir / OOD_FILE
     ood = OODStats.load_if_present(ood_file)
@@ -311,8 +381,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if any(args.signal not in s.per_sentence for s in signals):
         raise UsageError(f"signal {args.signal!r} is not available from the model at {model_dir}")
     n_sentences = sum(len(s.sentences) for s in signals)
+    by_name = {d.name: s for d, s in zip(docs, signals, strict=True)}
+    fast_results = {d.name: engine.to_result(a, fast_route(a)) for d, a in zip(docs, analyses, strict=True)}
+    set_desc = f"{Path(args.gold).resolve()} ({len(docs)} notes, {n_sentences} sentences)"
+    header = [
+        "Router policies written by `clinie calibrate` (schema: router/config.py).",
+        f"Calibrated on: {set_desc},",
+        f"  fast tier {engine.model_tag} at {model_dir}.",
+    ]
+    summary: dict[str, Any] = {"output": str(args.output), "notes": len(docs), "sentences": n_sentences}
+    raw = base_raw
 
     unit, scope = args.unit, args.unit
+    rate: float | None = None
     if args.target_rate is not None:
         rate = args.target_rate
         target = f"escalation rate {rate:.3f} of {unit}s"
@@ -327,15 +408,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             f"budget {args.budget_per_minute:g} cost units/min at {args.notes_per_minute:g} notes/min "
             f"(about {per_sentence:.0f} per escalated sentence on this set) -> sentence rate {rate:.3f}"
         )
-    else:
+    elif args.target_f1 is not None:
         from router.simulate import quality_curve
 
-        fast_results = {d.name: engine.to_result(a, fast_route(a)) for d, a in zip(docs, analyses, strict=True)}
         curve = quality_curve(
             docs,
             fast_results,
             llm_results,
-            {d.name: s for d, s in zip(docs, signals, strict=True)},
+            by_name,
             args.signal,
             rates=[round(0.01 * i, 2) for i in range(101)],
             costs=base_cfg.costs,
@@ -352,35 +432,86 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             f"{curve['llm_only']['f1'][args.f1_metric]:.3f}) -> sentence rate {rate:.2f} (F1 {reached:.3f})"
         )
 
-    risky = SIGNALS[args.signal].riskier == "higher"
-    if unit == "sentence":
-        values = signal_values(signals, args.signal, "sentence")
-    else:  # a `note`-scope policy escalates a note when any sentence is flagged: its worst sentence
-        worst = np.max if risky else np.min
-        values = np.array([float(worst(s.per_sentence[args.signal])) for s in signals])
-    threshold = threshold_for_rate(values, args.signal, rate)
-    realized = flagged_fraction(values, args.signal, threshold)
-    # the other unit's view of the same threshold
-    flags = [(v > threshold) if risky else (v < threshold) for v in (s.per_sentence[args.signal] for s in signals)]
-    if unit == "sentence":
-        sent_rate = realized
-        note_rate = float(np.mean([f.any() for f in flags]))
-    else:
-        note_rate = realized
-        sent_rate = sum(len(f) for f in flags if f.any()) / n_sentences
+    if rate is not None:
+        risky = SIGNALS[args.signal].riskier == "higher"
+        if unit == "sentence":
+            values = signal_values(signals, args.signal, "sentence")
+        else:  # a `note`-scope policy escalates a note when any sentence is flagged: its worst sentence
+            worst = np.max if risky else np.min
+            values = np.array([float(worst(s.per_sentence[args.signal])) for s in signals])
+        threshold = threshold_for_rate(values, args.signal, rate)
+        realized = flagged_fraction(values, args.signal, threshold)
+        # the other unit's view of the same threshold
+        flags = [(v > threshold) if risky else (v < threshold) for v in (s.per_sentence[args.signal] for s in signals)]
+        if unit == "sentence":
+            sent_rate = realized
+            note_rate = float(np.mean([f.any() for f in flags]))
+        else:
+            note_rate = realized
+            sent_rate = sum(len(f) for f in flags if f.any()) / n_sentences
+        raw, budget = calibrated_policies(raw, args.signal, threshold, scope, args.budget_per_minute)
+        header += [
+            f"`calibrated`: threshold over {args.signal} ({SIGNALS[args.signal].riskier} is riskier), scope {scope};",
+            "  a quantile of the signal on that set (midpoint between the two values around the cut).",
+            f"  Target: {target}.",
+            f"  Realized on the set: {sent_rate:.4f} of sentences, {note_rate:.4f} of notes escalated.",
+        ]
+        summary.update(
+            {
+                "signal": args.signal,
+                "scope": scope,
+                "threshold": threshold,
+                "target": target,
+                "realized_sentence_rate": round(sent_rate, 4),
+                "realized_note_rate": round(note_rate, 4),
+            }
+        )
 
-    raw, budget = calibrated_policies(base_raw, args.signal, threshold, scope, args.budget_per_minute)
-    header = [
-        "Router policies written by `clinie calibrate` (schema: router/config.py).",
-        f"Calibrated on: {Path(args.gold).resolve()} ({len(docs)} notes, {n_sentences} sentences),",
-        f"  fast tier {engine.model_tag} at {model_dir}.",
-        f"Signal: {args.signal} ({SIGNALS[args.signal].riskier} is riskier), scope {scope}; the threshold is a",
-        "  quantile of the signal on that set (midpoint between the two values around the cut).",
-        f"Target: {target}.",
-        f"Realized on the set: {sent_rate:.4f} of sentences, {note_rate:.4f} of notes escalated.",
-        f"Base: {base_path}; `default` = budget (rate_per_minute {budget['rate_per_minute']:g}, "
-        f"burst {budget['burst']:g}) wrapping `calibrated`.",
-    ]
+    if args.llm_pred:
+        metrics = args.gain_metrics.split(",")
+        table = fit_gain_table(
+            docs, fast_results, llm_results, by_name, args.signal, metrics=metrics, buckets=args.buckets
+        )
+        spec = gain_policy_spec(table, args.min_gain_per_cost, args.margin_se)
+        data = f"{len(docs)} notes of {Path(args.gold).name}, LLM predictions {Path(args.llm_pred).name}"
+        raw, budget = gain_policies(
+            raw, spec, {"fast": engine.model_tag, "llm": llm_id, "data": data}, args.budget_per_minute
+        )
+        acted = [b["gain"] - args.margin_se * b["se"] for b in table["buckets"]]
+        best = int(np.argmax(acted))
+        verdict = (
+            "no bucket gains: `gain` escalates nothing (route.reason llm_not_better)"
+            if max(acted) <= 0
+            else f"{sum(a > 0 for a in acted)} of {len(acted)} buckets gain"
+        )
+        header += [
+            f"`gain`: per quantile bucket of {args.signal}, the change of F1 (mean of {', '.join(metrics)}) per",
+            "  unit share of sentences when the LLM tier answers a sentence instead of the fast tier",
+            f"  (router/policies/gain.py). LLM {llm_id} (predictions {args.llm_pred}).",
+            f"  Best bucket: gain {table['buckets'][best]['gain']:+.4f} (se {table['buckets'][best]['se']:.4f}); "
+            f"{verdict}.",
+            f"`default` = budget (rate_per_minute {budget['rate_per_minute']:g}, burst {budget['burst']:g}) "
+            "wrapping `gain`.",
+        ]
+        summary.update(
+            {
+                "gain_signal": args.signal,
+                "gain_metrics": metrics,
+                "gain_buckets": spec["buckets"],
+                "gain_verdict": verdict,
+                "calibrated_for": raw["calibrated_for"],
+                "fast_f1": table["fast_f1"],
+                "escalating_gaining_buckets_f1_in_sample": table["gaining_f1"],
+                "llm_missing": table["llm_missing"],
+            }
+        )
+    elif rate is not None:
+        header.append(
+            f"`default` = budget (rate_per_minute {budget['rate_per_minute']:g}, burst {budget['burst']:g}) "
+            "wrapping `calibrated` (no --llm-pred: escalates by uncertainty, not by a measured gain)."
+        )
+    header.append(f"Base: {base_path}.")
+
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     body = yaml.safe_dump(raw, sort_keys=False, default_flow_style=False)
@@ -390,17 +521,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     except PolicyConfigError as exc:
         print(f"clinie: error: the written policy file does not validate: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    summary = {
-        "output": str(out),
-        "signal": args.signal,
-        "scope": scope,
-        "threshold": threshold,
-        "target": target,
-        "realized_sentence_rate": round(sent_rate, 4),
-        "realized_note_rate": round(note_rate, 4),
-        "notes": len(docs),
-        "sentences": n_sentences,
-    }
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -602,15 +722,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "calibrate",
-        help="Choose a routing policy's threshold on a labelled dev set and write the policy file.",
+        help="Choose a routing policy's threshold, and measure the LLM tier's gain, on a labelled dev set.",
         description="Runs the fast tier on the gold notes, computes the router's signals and writes a "
-        "policy file whose `calibrated` threshold policy (wrapped by the `default` budget) meets the "
-        "target on that set. Thresholds are quantiles of the signal on the set.",
+        "policy file: with a target, a `calibrated` threshold policy that meets it on that set (thresholds "
+        "are quantiles of the signal); with --llm-pred, a `gain` policy holding the measured gain of the "
+        "LLM tier's answers per signal bucket, made the default (wrapped by the `default` budget) and "
+        "recorded with the models it was measured on (`calibrated_for`).",
     )
     c.add_argument("--gold", required=True, help="brat folder of labelled notes (NAME.txt + NAME.ann).")
     c.add_argument("--model", help="Fast-tier model directory (default: $CLINIE_MODEL_DIR or the embedded default).")
     c.add_argument("--signal", default="min_token_prob", help="Sentence signal to threshold (default: %(default)s).")
-    tg = c.add_mutually_exclusive_group(required=True)
+    tg = c.add_mutually_exclusive_group()  # or only --llm-pred (the gain table): checked in cmd_calibrate
     tg.add_argument("--target-rate", type=float, help="Fraction of sentences (or notes, --unit note) to escalate.")
     tg.add_argument("--target-f1", type=float, help="F1 to reach at the lowest escalation rate (needs --llm-pred).")
     tg.add_argument("--budget-per-minute", type=float, help="LLM cost units per minute (needs --notes-per-minute).")
@@ -620,7 +742,29 @@ def build_parser() -> argparse.ArgumentParser:
         default="sentence",
         help="With --target-rate: escalate sentences, or whole notes whose worst sentence is flagged.",
     )
-    c.add_argument("--llm-pred", help="With --target-f1: the LLM tier's predictions (JSONL) on the gold notes.")
+    c.add_argument(
+        "--llm-pred",
+        help="The LLM tier's predictions (JSONL, `clinie extract --policy llm-only`) on the gold notes: measures "
+        "the gain table (policy `gain`, made the default) and serves --target-f1.",
+    )
+    c.add_argument("--llm-model-id", help="LLM model id the predictions came from (default: their models.llm).")
+    c.add_argument(
+        "--min-gain-per-cost",
+        type=float,
+        default=0.0,
+        help="Price of the gain policy: least gain per cost unit of a sentence (default 0: any gain).",
+    )
+    c.add_argument(
+        "--margin-se", type=float, default=1.0, help="Gain policy acts on gain minus this many std errors (1)."
+    )
+    c.add_argument(
+        "--gain-metrics",
+        default="relaxed_entities,relaxed_modifiers,relaxed_relations",
+        help="F1s whose mean the gain measures, comma-separated (default: %(default)s).",
+    )
+    c.add_argument(
+        "--buckets", type=int, help="Quantile buckets of the gain table (default: 50+ sentences each, <=10)."
+    )
     c.add_argument("--f1-metric", default="relaxed_entities", help="With --target-f1: which F1 (default: %(default)s).")
     c.add_argument("--notes-per-minute", type=float, help="With --budget-per-minute: expected notes per minute.")
     c.add_argument("--base", help="Policy file to start from (default: serve_app/configs/policies.default.yaml).")

@@ -169,6 +169,9 @@ class Pipeline:
     def _tiers(self) -> _LocalTiers:
         ood_file = self.fast.cfg.model_dir / OOD_FILE
         ood = OODStats.load_if_present(ood_file)
+        # the router compares these with its policy file's `calibrated_for`: a gain measured on
+        # other models is not acted on (the LLM id is known without starting its engine)
+        self.router.set_running_models(fast=self.fast.model_tag, llm=self.llm_cfg.model_id)
         return _LocalTiers(self.router, ood, self.llm_cfg)
 
     async def _run_routed(

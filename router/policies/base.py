@@ -63,6 +63,14 @@ class RouteContext:
     # turns any escalation into a fast answer with this reason; policies that spend on
     # escalation (budget) must not spend for one that will not happen.
     llm_blocked: str | None = None
+    # Whether the running tiers are the ones the configuration's `calibrated_for` names (the
+    # router sets it from `Router.set_running_models`). False when unknown: a policy acting on
+    # measured gains must not trust a measurement of other models.
+    models_match: bool = False
+    # Time left for this note (ms; None: no deadline) and the LLM tier's expected latency for an
+    # escalation (its recent p50 times the configured headroom; None: not measured yet).
+    deadline_ms: float | None = None
+    llm_expected_ms: float | None = None
 
     def all_sentences(self) -> list[int]:
         return list(range(len(self.signals.sentences)))

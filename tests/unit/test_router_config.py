@@ -127,9 +127,14 @@ def test_fallback_config_is_valid_and_routes():
     assert parse_router_config(cfg.model_dump(mode="json")) == cfg
     policies = cfg.all_policies()
     assert policies[cfg.default_policy].kind == "budget"
-    assert policies[policies[cfg.default_policy].inner].kind == "threshold"
+    # nothing measured: the default does not escalate on a gain it never measured, and says so
+    assert policies[policies[cfg.default_policy].inner].kind == "gain"
     r = Router(cfg)
-    assert r.decide(signals([0.9, 0.2])).sentences == [1]
+    r.set_running_models(fast="clinie-fast@a9bed267db", llm="smollm2-135m-instruct-v2")
+    d = r.decide(signals([0.9, 0.2]))
+    assert not d.escalates and d.reason == "uncalibrated"
+    # the uncertainty threshold is still there by name
+    assert r.decide(signals([0.9, 0.2]), "confidence").sentences == [1]
 
 
 # --- refusals name the field ---------------------------------------------------------------------
