@@ -116,7 +116,9 @@ class AlignedSpan:
 
 
 def _occurrences(haystack: str, needle: str) -> list[tuple[int, int, bool]]:
-    found = [(m.start(), m.start() + len(needle), True) for m in re.finditer(re.escape(needle), haystack)]
+    # Overlapping occurrences count too ("81mg 81mg" occurs twice in "81mg 81mg 81mg"): skipping
+    # them, as re.finditer would, can leave only an occurrence other than the one the model marked.
+    found = [(m.start(), m.start() + len(needle), True) for m in re.finditer(f"(?={re.escape(needle)})", haystack)]
     if found:
         return found
     # Repairs: case and runs of whitespace may differ; entities in the output are unescaped HTML.
@@ -124,7 +126,7 @@ def _occurrences(haystack: str, needle: str) -> list[tuple[int, int, bool]]:
     if not words:
         return []
     pattern = r"\s+".join(re.escape(w) for w in words)
-    return [(m.start(), m.end(), False) for m in re.finditer(pattern, haystack, re.IGNORECASE)]
+    return [(m.start(1), m.end(1), False) for m in re.finditer(f"(?=({pattern}))", haystack, re.IGNORECASE)]
 
 
 def align_spans(
@@ -166,3 +168,113 @@ def align_spans(
         seen.add(key)
         out.append(AlignedSpan(label=span.label, start=key[1], end=key[2], exact=exact))
     return out, dropped
+
+
+# --- Constrained decoding --------------------------------------------------------------------
+# A tag may open right before and close right after a "unit": a run of word characters or one
+# other non-space character. So `<span class="drug">aspirin</span>,` and `81 <span ...>mg</span>`
+# are expressible, a tag inside a word is not, and a span never starts or ends on whitespace.
+_UNIT = re.compile(r"\w+|[^\w\s]")
+CLOSE_TAG = "</span>"
+
+
+def open_tag(label: str) -> str:
+    """The opening tag exactly as `render` writes it (and the prompts show it)."""
+    return f'<span class="{label}">'
+
+
+def _ebnf_literal(s: str) -> str:
+    """`s` as a double-quoted EBNF string literal (xgrammar / GBNF escapes)."""
+    out = ['"']
+    for ch in s:
+        code = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif 0x20 <= code < 0x7F:
+            out.append(ch)
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
+def markup_grammar(
+    text: str,
+    labels: Collection[str],
+    fixed: tuple[str, int, int] | None = None,
+) -> str | None:
+    """An EBNF grammar (xgrammar's / GBNF dialect, what vLLM's structured outputs take) of exactly
+    the markups of `text`: the text itself, character for character, with non-empty, non-nested
+    `<span class="L">...</span>` around runs of units, L in `labels`.
+
+    `fixed` (label, start, end), offsets in `text`, is a mark that must appear as is (step 2 keeps
+    the entity's own mark); spans of `labels` may sit inside or outside it but never cross it.
+    Returns None when `text` has no unit or `fixed` does not fall on unit boundaries: the caller
+    then decodes that request unconstrained (the aligner still checks the output).
+
+    The language is finite (at most one tag per unit boundary), so decoding under it always ends:
+    no output can be unclosed, malformed, of another label, or differ from the source.
+    """
+    cuts: set[int] = set()
+    if fixed is not None:
+        if not 0 <= fixed[1] < fixed[2] <= len(text):
+            return None
+        cuts = {fixed[1], fixed[2]}
+    units: list[tuple[int, int]] = []
+    for m in _UNIT.finditer(text):
+        start = m.start()
+        for cut in sorted(c for c in cuts if m.start() < c < m.end()):
+            units.append((start, cut))
+            start = cut
+        units.append((start, m.end()))
+    if not units:
+        return None
+    fixed_open = fixed_close = -1  # boundary indexes (k: before unit k; len(units): the end)
+    if fixed is not None:
+        starts = [s for s, _ in units]
+        ends = [e for _, e in units]
+        if fixed[1] not in starts or fixed[2] not in ends:
+            return None
+        fixed_open, fixed_close = starts.index(fixed[1]), ends.index(fixed[2]) + 1
+    n = len(units)
+    # The text between unit k-1 and unit k (k = 0: before the first unit, k = n: after the last),
+    # with the fixed mark's tags where they belong: close right after a unit, open right before one.
+    gaps: list[str] = []
+    for k in range(n + 1):
+        lo = units[k - 1][1] if k else 0
+        hi = units[k][0] if k < n else len(text)
+        gap = (CLOSE_TAG if k == fixed_close else "") + text[lo:hi]
+        if k == fixed_open and fixed is not None:
+            gap += open_tag(fixed[0])
+        gaps.append(gap)
+    labels = sorted(labels)
+    # Two states per boundary: o{k} outside any span, i{k} inside one. Closing always returns to
+    # o{k}, so a span can close and the next one open at the same boundary.
+    rules = ["root ::= o0"]
+    for k in range(n):
+        unit = text[units[k][0] : units[k][1]]
+        gap_unit = _ebnf_literal(gaps[k] + unit)
+        alts = [f"{gap_unit} o{k + 1}"]
+        if labels:
+            gap = f"{_ebnf_literal(gaps[k])} " if gaps[k] else ""
+            alts.append(f"{gap}open {_ebnf_literal(unit)} i{k + 1}")
+        rules.append(f"o{k} ::= " + " | ".join(alts))
+        if labels and k:  # no span can be open before the first unit
+            # Inside a span: close it, or go on over the next unit unless the fixed mark is here.
+            alts = [f"{_ebnf_literal(CLOSE_TAG)} o{k}"]
+            if k not in (fixed_open, fixed_close):
+                alts.append(f"{gap_unit} i{k + 1}")
+            rules.append(f"i{k} ::= " + " | ".join(alts))
+    rules.append(f"o{n} ::= {_ebnf_literal(gaps[n])}")
+    if labels:
+        rules.append(f"i{n} ::= {_ebnf_literal(CLOSE_TAG)} o{n}")
+        rules.append("open ::= " + " | ".join(_ebnf_literal(open_tag(label)) for label in labels))
+    return "\n".join(rules) + "\n"

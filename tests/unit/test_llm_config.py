@@ -21,8 +21,14 @@ def test_production_config_validates():
         ({"max_new_tokens": 4096, "max_model_len": 2048}, "max_new_tokens"),
         ({"tensor_paralel_size": 8}, "Extra inputs"),
         ({"dtype": "int4"}, "dtype"),
+        ({"decoding": "guided"}, "decoding"),
     ],
 )
 def test_bad_configs_name_the_problem(fields, message):
     with pytest.raises(ValidationError, match=message):
         LLMTierConfig.model_validate(fields)
+
+
+def test_decoding_is_constrained_by_default_and_free_stays_an_option():
+    assert LLMTierConfig().decoding == "constrained"
+    assert LLMTierConfig(decoding="free").decoding == "free"

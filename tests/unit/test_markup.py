@@ -74,3 +74,14 @@ def test_truncated_tag_at_end_is_stripped():
     assert parsed.plain == "Patient denies chest pain "
     assert [(s.label, s.text) for s in parsed.spans] == [("problem", "chest pain")]
     assert parsed.dropped == {"malformed_tag": 1}
+
+
+def test_overlapping_repeats_are_placed_where_the_model_marked_them():
+    # "81mg 81mg" occurs at 5 and (overlapping it) at 10; the model marked the second.
+    source = "pain 81mg 81mg 81mg"
+    marked = render(source, [("strength", 10, 19)])
+    got, dropped = align_spans(source, parse_markup(marked), LABELS)
+    assert [(a.label, a.start, a.end, a.exact) for a in got] == [("strength", 10, 19, True)] and not dropped
+    # The same with a case repair.
+    got, _ = align_spans(source, parse_markup(marked.replace("81mg 81mg<", "81MG 81mg<")), LABELS)
+    assert [(a.start, a.end, a.exact) for a in got] == [(10, 19, False)]
