@@ -24,8 +24,13 @@ class DecodedSpan:
     end: int
     token_start: int
     token_end: int
-    confidence: float  # mean probability of the chosen tag over the span's tokens
+    # What results report: the calibrated probability that the span is right when the model has a
+    # calibrator (clinie.calibration), otherwise the raw score below.
+    confidence: float
     min_prob: float  # lowest probability of the chosen tag over the span's tokens
+    # Raw score: mean probability of the chosen tag over the span's tokens; None means `confidence`
+    # is still the raw score (no calibrator applied).
+    raw_confidence: float | None = None
 
 
 @dataclass
@@ -37,12 +42,17 @@ class NoteAnalysis:
     sentences: list[Sentence]
     entities: list[DecodedSpan]
     modifiers: list[DecodedSpan]
-    relations: list[tuple[int, int, float]]  # (entity index, modifier index, probability)
+    # (entity index, modifier index, confidence): calibrated like spans; the raw probability that
+    # decided the pair is the one in pair_probs
+    relations: list[tuple[int, int, float]]
     token_offsets: list[tuple[int, int]]
     entity_probs: np.ndarray  # [tokens, entity tags]
     modifier_probs: np.ndarray  # [tokens, modifier tags]
     embedding: np.ndarray  # [hidden] mean of window embeddings, weighted by window length
-    pair_probs: list[tuple[int, int, float]] = field(default_factory=list)  # every candidate pair
+    # every candidate pair with its raw relation probability (the decision is raw p >= threshold, so
+    # the router's relation margin stays measured against the threshold that decides)
+    pair_probs: list[tuple[int, int, float]] = field(default_factory=list)
+    calibrated: bool = False  # whether span and relation confidences went through a calibrator
     # log-sum-exp of each token's tag logits (energy = -lse); None for models exported without it
     entity_lse: np.ndarray | None = None  # [tokens]
     modifier_lse: np.ndarray | None = None  # [tokens]

@@ -54,7 +54,9 @@ SIGNALS: dict[str, SignalSpec] = {
         riskier="higher",
     ),
     "min_span_confidence": SignalSpec(
-        description="Lowest mean tag probability of a decoded span (1.0 with no span).", riskier="lower"
+        description="Lowest reported confidence of a decoded span: calibrated when the model has a "
+        "confidence calibration, else the mean tag probability (1.0 with no span).",
+        riskier="lower",
     ),
     "min_relation_margin": SignalSpec(
         description="Smallest |2p-1| of a candidate entity-modifier pair's relation probability (1.0 with none).",

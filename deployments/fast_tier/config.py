@@ -129,3 +129,8 @@ class EngineConfig(BaseModel):
     intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0: ORT's default.")
     batch_size: int = Field(default=16, ge=1, description="Windows or pairs per model call.")
     max_note_chars: int = Field(default=1_000_000, ge=1, description="Longest note accepted, in characters.")
+    calibrate: bool = Field(
+        default=True,
+        description="Apply the model directory's confidence_calibration.json to span and relation "
+        "confidences when it has one (a model without it reports raw scores); False reports raw scores.",
+    )

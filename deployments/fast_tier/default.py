@@ -20,6 +20,7 @@ from pathlib import Path
 
 import clinie
 from clinie.brat import corpus_hash, read_corpus
+from clinie.calibration import CALIBRATION_FILE
 from clinie.ood import OOD_FILE
 from deployments.fast_tier.config import CARD_NAME, MANIFEST_NAME, QUANT_RECIPE, ModelManifest, TrainConfig
 
@@ -77,14 +78,34 @@ def ensure_default_model(data_dir: Path | None = None) -> Path:
     return target
 
 
+def _dev_notes_for_calibration(model_dir: Path, data_dir: Path | None) -> tuple[list[str], Path | None]:
+    """The model card's dev notes and the folder they are in (None when it is not on this machine)."""
+    if not (model_dir / CARD_NAME).exists():
+        return [], None
+    data = json.loads((model_dir / CARD_NAME).read_text()).get("data", {})
+    folder = data_dir or (Path(data["dir"]) if data.get("dir") else None)
+    return list(data.get("dev_notes", [])), folder if folder is not None and folder.is_dir() else None
+
+
 def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
     """Add what a model built by an earlier version lacks, without retraining: the tagger's
-    energy outputs (re-export from the saved weights) and the router's OOD statistics (fitted on
-    the training notes listed in its model card). A no-op for current models."""
+    energy outputs (re-export from the saved weights), the router's OOD statistics (fitted on
+    the training notes listed in its model card) and the confidence calibration (fitted on its dev
+    notes). A no-op for current models. Without the dev notes on this machine the model runs
+    uncalibrated and the engine says so."""
     manifest = ModelManifest.model_validate_json((model_dir / MANIFEST_NAME).read_text())
     needs_export = not manifest.energy_outputs and (model_dir / "pytorch" / "tagger").is_dir()
     needs_ood = not (model_dir / OOD_FILE).exists() and (model_dir / CARD_NAME).exists()
-    if not (needs_export or needs_ood):
+    dev_names, dev_dir = _dev_notes_for_calibration(model_dir, data_dir)
+    needs_cal = not (model_dir / CALIBRATION_FILE).exists() and bool(dev_names)
+    if needs_cal and dev_dir is None:
+        log.warning(
+            "%s has no confidence calibration and its dev notes are not here: confidences stay raw "
+            "(set CLINIE_TRAIN_DATA to the training folder to fit it once)",
+            model_dir,
+        )
+        needs_cal = False
+    if not (needs_export or needs_ood or needs_cal):
         return
     with open(model_dir.parent / f"{model_dir.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -103,6 +124,14 @@ def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
             if docs:
                 log.warning("fitting OOD statistics for %s on %d training notes (once)", model_dir, len(docs))
                 fit_ood(model_dir, docs)
+        if needs_cal and dev_dir is not None and not (model_dir / CALIBRATION_FILE).exists():
+            from deployments.fast_tier.calibrate import calibrate_model
+
+            names = set(dev_names)
+            docs = [d for d in read_corpus(dev_dir) if d.name in names]
+            if docs:
+                log.warning("fitting confidence calibration for %s on %d dev notes (once)", model_dir, len(docs))
+                calibrate_model(model_dir, docs, f"dev split of {dev_dir}")
 
 
 def resolve_model_dir(explicit: str | Path | None = None) -> Path:

@@ -8,6 +8,7 @@ and assembles contract-shaped results.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from clinie.analysis import NoteAnalysis, analysis_to_result
+from clinie.analysis import DecodedSpan, NoteAnalysis, analysis_to_result
+from clinie.calibration import CALIBRATION_FILE, ConfidenceCalibration, Kind
 from clinie.schema import (
     ErrorBody,
     NoteError,
@@ -26,6 +28,8 @@ from clinie.schema import (
 from clinie.windows import split_sentences
 from deployments.fast_tier import features as F
 from deployments.fast_tier.config import MANIFEST_NAME, EngineConfig, ModelManifest
+
+log = logging.getLogger(__name__)
 
 
 class InputError(ValueError):
@@ -123,7 +127,8 @@ def partition_notes(
 
 
 def confidence_signals(a: NoteAnalysis) -> dict[str, float]:
-    """Lowest and mean span confidence of a note (1.0 when it has no span)."""
+    """Lowest and mean span confidence of a note (1.0 when it has no span): the confidences the
+    result reports, so calibrated when the model has a calibrator (as router/signals.py reads them)."""
     confs = [s.confidence for s in [*a.entities, *a.modifiers]]
     if not confs:
         return {"min_span_confidence": 1.0, "mean_span_confidence": 1.0}
@@ -154,6 +159,35 @@ class FastTierEngine:
         self.tokenizer = F.load_tokenizer(str(cfg.model_dir / "tokenizer.json"))
         self.special = F.SpecialIds.of(self.tokenizer)
         self.run_tagger, self.run_relation = backends or onnx_backends(cfg)
+        # A bad calibration file stops the engine here (CalibrationError names the file and field);
+        # a missing one means raw scores, said once in the log and in `calibration_status`.
+        self.calibration = (
+            ConfidenceCalibration.for_model(cfg.model_dir, self.manifest.tag) if self._wants_calibration else None
+        )
+        if self.calibration is not None:
+            log.info("fast tier %s: confidences calibrated (%s)", self.manifest.tag, self.calibration_status)
+        elif self._wants_calibration:
+            log.warning("fast tier %s: %s", self.manifest.tag, self.calibration_status)
+
+    @property
+    def _wants_calibration(self) -> bool:
+        # getattr: a process that loaded an EngineConfig class from before this field existed
+        # (a long build importing this module later) still works, with the default.
+        return bool(getattr(self.cfg, "calibrate", True))
+
+    @property
+    def calibration_status(self) -> str:
+        """One line for logs and info endpoints: whether confidences are calibrated, and on what."""
+        if self.calibration is not None:
+            rep = self.calibration.fitted_on
+            held = ", ".join(f"{k} {v.before:.3f}->{v.after:.3f}" for k, v in rep.held_out.items())
+            return f"calibrated: {self.calibration.method} on {len(rep.notes)} notes; held-out ECE {held}"
+        if not self._wants_calibration:
+            return "uncalibrated: calibration switched off (EngineConfig.calibrate=false); raw scores"
+        return (
+            f"uncalibrated: no {CALIBRATION_FILE} in the model directory; confidences are raw "
+            "(overconfident) scores. Fit one: python -m deployments.fast_tier.calibrate --model DIR"
+        )
 
     @property
     def model_tag(self) -> str:
@@ -234,6 +268,11 @@ class FastTierEngine:
                     model_tag=self.model_tag,
                 )
             )
+        if self.calibration is not None:
+            for a in analyses:
+                self._calibrate_spans(a.entities, "entity")
+                self._calibrate_spans(a.modifiers, "modifier")
+                a.calibrated = True
         if relations:
             self._relations(analyses, progress)
         elapsed = (time.perf_counter() - t0) * 1000
@@ -245,6 +284,16 @@ class FastTierEngine:
     def to_result(self, a: NoteAnalysis, route: Route | None = None) -> NoteResult:
         """Contract-shaped result with ids T1.. (entities first, then modifiers, each by offset)."""
         return analysis_to_result(a, route or fast_route(a))
+
+    # -- calibration ------------------------------------------------------------------------
+
+    def _calibrate_spans(self, spans: list[DecodedSpan], kind: Kind) -> None:
+        if not spans or self.calibration is None:
+            return
+        raw = [s.confidence for s in spans]
+        for s, r, c in zip(spans, raw, self.calibration.apply(kind, raw).tolist(), strict=True):
+            s.raw_confidence = r
+            s.confidence = c
 
     # -- relations --------------------------------------------------------------------------
 
@@ -283,3 +332,8 @@ class FastTierEngine:
         for a in analyses:
             a.relations.sort()
             a.pair_probs.sort()
+            if self.calibration is not None and a.relations:
+                # Only the reported confidence changes: which pairs are related was decided on the
+                # raw probability above, so calibration never adds or drops a relation.
+                conf = self.calibration.apply("relation", [p for _, _, p in a.relations]).tolist()
+                a.relations = [(e, mi, c) for (e, mi, _), c in zip(a.relations, conf, strict=True)]

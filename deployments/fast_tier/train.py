@@ -1,7 +1,8 @@
 """`clinie train`: fit the joint entity/modifier tagger and the relation classifier, export, evaluate.
 
 One run writes a complete model directory: ONNX (fp32 and int8), tokenizers, `fast_tier.json`
-(what serving reads) and `model_card.json` (data hash, split, hyper-parameters, dev scores).
+(what serving reads), `model_card.json` (data hash, split, hyper-parameters, dev scores) and
+`confidence_calibration.json` (fitted on the dev split; absent with `split="all"`).
 """
 
 from __future__ import annotations
@@ -320,6 +321,20 @@ def train(cfg: TrainConfig) -> Path:
     bar.close()
     fit_ood(staging, train_docs)
     train_seconds = time.perf_counter() - t0
+    # Confidence calibration on the dev notes (never trained on): results then report calibrated
+    # confidences, and the dev scores below are unchanged (calibration never changes a decision).
+    from deployments.fast_tier.calibrate import calibrate_model, card_summary
+
+    if dev_docs:
+        calibration = card_summary(
+            calibrate_model(staging, dev_docs, f"dev split of {cfg.data_dir}", update_card=False)
+        )
+    else:
+        calibration = card_summary(
+            None,
+            "split=all leaves no dev notes; fit one on held-out notes with "
+            "python -m deployments.fast_tier.calibrate --model DIR --data DIR --notes all",
+        )
 
     card: dict[str, object] = {
         "model": manifest.tag,
@@ -348,6 +363,7 @@ def train(cfg: TrainConfig) -> Path:
             "torch": torch.__version__,
         },
     }
+    card["confidence_calibration"] = calibration
     if dev_docs:
         card["dev_scores_int8"] = evaluate_dir(staging, dev_docs, "int8")
     (staging / CARD_NAME).write_text(json.dumps(card, indent=2))
@@ -370,7 +386,8 @@ def fit_ood(model_dir: Path, train_docs: Sequence[Document]) -> OODStats:
     from deployments.fast_tier.config import EngineConfig
     from deployments.fast_tier.engine import FastTierEngine
 
-    engine = FastTierEngine(EngineConfig(model_dir=model_dir))
+    # Embeddings do not depend on confidences: no calibration (it may not exist yet, either).
+    engine = FastTierEngine(EngineConfig(model_dir=model_dir, calibrate=False))
     analyses = engine.analyze([(d.name, d.text) for d in train_docs], progress=True, relations=False)
     stats = OODStats.fit(np.stack([a.embedding for a in analyses]))
     stats.save(model_dir / OOD_FILE)

@@ -56,6 +56,32 @@ def test_artifacts_and_model_card(model_dir: Path):
     assert (model_dir / "tagger.int8.onnx").stat().st_size < 0.5 * (model_dir / "tagger.onnx").stat().st_size
 
 
+def test_training_fits_and_the_engine_applies_confidence_calibration(model_dir: Path, engine: FastTierEngine):
+    """`train` fits the calibrator on the dev split; every reported confidence goes through it."""
+    from clinie.calibration import CALIBRATION_FILE, ConfidenceCalibration
+
+    card = json.loads((model_dir / "model_card.json").read_text())
+    summary = card["confidence_calibration"]
+    assert summary["status"] == "calibrated" and summary["notes"] == DEV
+    cal = ConfidenceCalibration.for_model(model_dir, engine.manifest.tag)
+    assert cal is not None and (model_dir / CALIBRATION_FILE).is_file()
+    assert cal.fitted_on.notes == sorted(card["data"]["dev_notes"]) and not set(cal.fitted_on.notes) & set(
+        card["data"]["train_notes"]
+    )
+    assert engine.calibration == cal and engine.calibration_status.startswith("calibrated")
+    text = "Patient denies chest pain. Takes aspirin 81 mg daily for headache."
+    (a,) = engine.analyze([("n", text)])
+    spans = [(s, "entity") for s in a.entities] + [(s, "modifier") for s in a.modifiers]
+    assert spans, "the tiny model finds something in this sentence"
+    for s, kind in spans:
+        assert s.raw_confidence is not None
+        assert s.confidence == pytest.approx(float(cal.apply(kind, [s.raw_confidence])[0]))  # type: ignore[arg-type]
+    (result,) = engine.extract([("n", text)])
+    assert isinstance(result, NoteResult)
+    assert [e.confidence for e in result.entities] == [round(s.confidence, 4) for s in a.entities]
+    assert result.route.signals["min_span_confidence"] == round(min(s.confidence for s, _ in spans), 4)
+
+
 def test_cli_extract_then_evaluate_shows_learning(model_dir: Path, train_dir: Path, tmp_path: Path):
     card = json.loads((model_dir / "model_card.json").read_text())
     gold = tmp_path / "gold"
