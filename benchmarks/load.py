@@ -1,17 +1,26 @@
-"""Load benchmark of the served application, with the in-process pipeline as the baseline.
+"""Load benchmark of the served application: scaling, deadlines, refusals, throughput.
 
-In one run, on the same real unlabelled notes and the same machine:
-1. in process: `Pipeline.run(notes, policy="fast-only")` (what `clinie extract` does) -> notes/s;
-2. served, closed loop: a bounded number of concurrent clients over HTTP, then over gRPC, then one
-   client over `/v1/extract/batch` (fast-only) -> notes/s, p50/p95/p99, errors; the ratio
-   served / in-process;
-3. served, open loop at `--overload` x the measured sustainable rate (Poisson arrivals, bounded
-   by count and time) -> how many got a result or a 429/503, how fast the refusals came, whether
-   anything hung, and the Ray processes' memory before and after;
-4. served with the `default` policy (router + LLM tier when deployed) -> escalation rate.
-Loopback only. Writes `load.json` and `load.png` under `--output-dir`.
+It targets a running deployment (`--url`, `--grpc`; `--ray-address` to record replica counts) or,
+with neither, starts the application locally on the embedded default models (and then also
+measures the in-process pipeline on the same notes first, as the throughput baseline).
 
-    python -m benchmarks.load [--notes 60] [--concurrency 2] [--batch 8] [--overload 5] [--seconds 20] [--llm]
+Scenarios run in order (`--scenario`, repeatable; the default is the README's run):
+- `closed:CLIENTS:SECONDS[:DEADLINE_MS]`  closed-loop clients over HTTP, one note a request;
+- `grpc:CLIENTS:SECONDS[:DEADLINE_MS]`    the same over gRPC;
+- `open:RATE:SECONDS[:DEADLINE_MS]`       Poisson arrivals at RATE requests/s (bounded count);
+- `step:C1,C2,...:SECONDS`                closed loop, the client count stepping up every SECONDS;
+- `cooldown:SECONDS`                      no load; waits (at most SECONDS) for every deployment to
+                                          go back to its minimum replicas, and reports how long.
+Clients do not wait out `Retry-After` unless `--honour-retry-after` (the worst case for the
+service: a refused client asks again at once). All traffic goes to the given (loopback) address;
+every loop is bounded in time and count.
+
+While it runs, replica counts per deployment and per node are polled every 2 s from the Serve
+controller. Writes `load.json` (summaries, per-5-s timeline) and `load.png` (requests/s,
+p50/p95/p99, refusals and replicas over time) under `--output-dir`.
+
+    python -m benchmarks.load                       # local app, the README's scenarios
+    python -m benchmarks.load --url http://127.0.0.1:8000 --ray-address auto --scenario closed:8:60
 """
 
 from __future__ import annotations
@@ -20,7 +29,9 @@ import argparse
 import asyncio
 import json
 import random
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +41,8 @@ from benchmarks.report import write_report
 from clinie.inputs import NoteInput
 
 UNLABELED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mtsamples-unlabeled" / "notes.jsonl"
+DEFAULT_SCENARIOS = ["closed:8:90", "cooldown:180", "closed:48:30:3000", "cooldown:180"]
+APP = "clinie"
 
 
 def load_notes(path: Path, n: int, max_chars: int = 20_000) -> list[dict[str, str]]:
@@ -47,194 +60,263 @@ def pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
 
 
-def summary(latencies_ms: list[float], codes: list[int], wall_s: float) -> dict[str, Any]:
-    ok = sum(c == 200 for c in codes)
-    return {
-        "requests": len(codes),
-        "ok": ok,
-        "rejected_429": codes.count(429),
-        "rejected_503": codes.count(503),
-        "other_errors": len(codes) - ok - codes.count(429) - codes.count(503),
-        "wall_s": round(wall_s, 2),
-        "notes_per_s": round(ok / wall_s, 3) if wall_s else 0.0,
-        "p50_ms": pct(latencies_ms, 50),
-        "p95_ms": pct(latencies_ms, 95),
-        "p99_ms": pct(latencies_ms, 99),
-    }
+@dataclass
+class Sample:
+    """One request: when it was sent and answered (seconds since the run's start), its status."""
+
+    sent: float
+    done: float
+    status: int  # HTTP status; gRPC codes mapped to their HTTP twins; -1: transport error / hang
+    scenario: str
+    retry_after: float | None = None
+
+    @property
+    def ms(self) -> float:
+        return (self.done - self.sent) * 1000
 
 
-async def http_closed(url: str, notes: list[dict[str, str]], concurrency: int, policy: str) -> dict[str, Any]:
-    import httpx
-
-    queue: asyncio.Queue[dict[str, str]] = asyncio.Queue()
-    for n in notes:
-        queue.put_nowait(n)
-    lat: list[float] = []
-    codes: list[int] = []
-    escalated = 0
-    async with httpx.AsyncClient(timeout=300) as client:
-
-        async def worker() -> None:
-            nonlocal escalated
-            while not queue.empty():
-                note = queue.get_nowait()
-                while True:
-                    t0 = time.perf_counter()
-                    r = await client.post(f"{url}/v1/extract", json={**note, "policy": policy})
-                    if r.status_code in (429, 503):  # a well-behaved client honours Retry-After
-                        codes.append(r.status_code)
-                        await asyncio.sleep(float(r.headers.get("retry-after", "1")))
-                        continue
-                    lat.append((time.perf_counter() - t0) * 1000)
-                    codes.append(r.status_code)
-                    if r.status_code == 200 and r.json()["route"]["escalated"]:
-                        escalated += 1
-                    break
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    out = summary(lat, codes, wall)
-    out["escalated_notes"] = escalated
-    return out
+_GRPC_TO_HTTP = {
+    "OK": 200,
+    "INVALID_ARGUMENT": 400,
+    "UNAUTHENTICATED": 401,
+    "RESOURCE_EXHAUSTED": 429,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
 
 
-async def http_batch_closed(url: str, notes: list[dict[str, str]], batch: int, concurrency: int) -> dict[str, Any]:
-    """`/v1/extract/batch` with `batch` notes per request: how a bulk client gets batch efficiency."""
-    import httpx
+class Target:
+    """Where requests go, and how one is sent (HTTP or gRPC)."""
 
-    chunks = [notes[i : i + batch] for i in range(0, len(notes), batch)]
-    queue: asyncio.Queue[list[dict[str, str]]] = asyncio.Queue()
-    for c in chunks:
-        queue.put_nowait(c)
-    lat: list[float] = []
-    codes: list[int] = []
-    ok_notes = 0
-    async with httpx.AsyncClient(timeout=300) as client:
+    def __init__(self, url: str | None, grpc_target: str | None, policy: str, honour_retry_after: bool):
+        self.url, self.grpc_target, self.policy = url, grpc_target, policy
+        self.honour = honour_retry_after
+        self.t0 = time.perf_counter()
 
-        async def worker() -> None:
-            nonlocal ok_notes
-            while not queue.empty():
-                chunk = queue.get_nowait()
-                while True:
-                    t0 = time.perf_counter()
-                    r = await client.post(f"{url}/v1/extract/batch", json={"notes": chunk, "policy": "fast-only"})
-                    codes.append(r.status_code)
-                    if r.status_code in (429, 503):
-                        await asyncio.sleep(float(r.headers.get("retry-after", "1")))
-                        continue
-                    lat.append((time.perf_counter() - t0) * 1000)
-                    if r.status_code == 200:
-                        ok_notes += sum("error" not in x for x in r.json()["results"])
-                    break
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    out = summary(lat, codes, wall)
-    out.update({"batch_notes": batch, "notes_ok": ok_notes, "notes_per_s": round(ok_notes / wall, 3)})
-    return out
+    async def http(self, client: Any, note: dict[str, str], deadline_ms: float | None, scenario: str) -> Sample:
+        import httpx
+
+        body: dict[str, Any] = {**note, "policy": self.policy}
+        if deadline_ms:
+            body["deadline_ms"] = deadline_ms
+        sent = self.now()
+        try:
+            r = await client.post(f"{self.url}/v1/extract", json=body)
+            retry = r.headers.get("retry-after")
+            return Sample(sent, self.now(), r.status_code, scenario, float(retry) if retry else None)
+        except httpx.HTTPError:
+            return Sample(sent, self.now(), -1, scenario)
+
+    async def grpc(self, stub: Any, note: dict[str, str], deadline_ms: float | None, scenario: str) -> Sample:
+        import grpc
+
+        from serve_app.proto import clinie_pb2 as pb
+
+        req = pb.ExtractRequest(text=note["text"], note_id=note["note_id"], policy=self.policy)
+        if deadline_ms:
+            req.deadline_ms = deadline_ms
+        sent = self.now()
+        try:
+            await stub.Extract(req, timeout=330)
+            return Sample(sent, self.now(), 200, scenario)
+        except grpc.aio.AioRpcError as exc:
+            retry = dict(exc.trailing_metadata() or ()).get("retry-after")
+            status = _GRPC_TO_HTTP.get(exc.code().name, 500)
+            return Sample(sent, self.now(), status, scenario, float(retry) if retry else None)
 
 
-async def grpc_closed(target: str, notes: list[dict[str, str]], concurrency: int) -> dict[str, Any]:
+async def closed_loop(
+    target: Target,
+    notes: list[dict[str, str]],
+    clients: list[int],
+    seconds: float,
+    deadline_ms: float | None,
+    kind: str,
+) -> list[Sample]:
+    """`clients[k]` concurrent clients during the k-th `seconds`-long step; each sends, waits for
+    the answer, sends the next note (the notes cycle)."""
     import grpc
+    import httpx
 
-    from serve_app.proto import clinie_pb2 as pb
     from serve_app.proto import clinie_pb2_grpc as pbg
 
-    queue: asyncio.Queue[dict[str, str]] = asyncio.Queue()
-    for n in notes:
-        queue.put_nowait(n)
-    lat: list[float] = []
-    codes: list[int] = []
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pbg.ClinieStub(channel)
+    samples: list[Sample] = []
+    name = f"{kind}:{','.join(map(str, clients))}:{seconds:g}" + (f":{deadline_ms:g}" if deadline_ms else "")
+    start = target.now()
+    end = start + seconds * len(clients)
+    counter = iter(range(10**9))
 
-        async def worker() -> None:
-            while not queue.empty():
-                note = queue.get_nowait()
-                while True:
-                    t0 = time.perf_counter()
-                    try:
-                        await stub.Extract(
-                            pb.ExtractRequest(text=note["text"], note_id=note["note_id"], policy="fast-only"),
-                            timeout=300,
-                        )
-                        lat.append((time.perf_counter() - t0) * 1000)
-                        codes.append(200)
-                        break
-                    except grpc.aio.AioRpcError as exc:
-                        if exc.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
-                            codes.append(429)
-                            await asyncio.sleep(1.0)
-                            continue
-                        codes.append(500)
-                        break
+    async def client(index: int, stub: Any, http: Any) -> None:
+        step = 0
+        while target.now() < end:
+            while step < len(clients) and target.now() >= start + seconds * (step + 1):
+                step += 1
+            if step >= len(clients):
+                break
+            if index >= clients[step]:  # not active in this step yet
+                await asyncio.sleep(0.05)
+                continue
+            note = notes[next(counter) % len(notes)]
+            if kind == "grpc":
+                s = await target.grpc(stub, note, deadline_ms, name)
+            else:
+                s = await target.http(http, note, deadline_ms, name)
+            samples.append(s)
+            if target.honour and s.retry_after:
+                await asyncio.sleep(s.retry_after)
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    return summary(lat, codes, wall)
+    most = max(clients)
+    limits = httpx.Limits(max_connections=most + 4, max_keepalive_connections=most + 4)
+    async with httpx.AsyncClient(timeout=330, limits=limits) as http:
+        if kind == "grpc":
+            assert target.grpc_target, "--grpc TARGET is needed for grpc scenarios"
+            async with grpc.aio.insecure_channel(target.grpc_target) as channel:
+                stub = pbg.ClinieStub(channel)
+                await asyncio.gather(*(client(i, stub, http) for i in range(most)))
+        else:
+            await asyncio.gather(*(client(i, None, http) for i in range(most)))
+    return samples
 
 
-async def http_open(url: str, notes: list[dict[str, str]], rate: float, seconds: float, cap: int) -> dict[str, Any]:
-    """Poisson arrivals at `rate`/s for `seconds` (at most `cap` requests); no retries."""
+async def open_loop(
+    target: Target, notes: list[dict[str, str]], rate: float, seconds: float, deadline_ms: float | None
+) -> list[Sample]:
+    """Poisson arrivals at `rate`/s for `seconds` (at most rate x seconds x 2 + 10 requests)."""
     import httpx
 
     rng = random.Random(7)
-    results: list[tuple[int, float]] = []
-    pending: list[asyncio.Task] = []
+    samples: list[Sample] = []
+    name = f"open:{rate:g}:{seconds:g}" + (f":{deadline_ms:g}" if deadline_ms else "")
+    cap = int(rate * seconds * 2) + 10
     limits = httpx.Limits(max_connections=cap, max_keepalive_connections=64)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=330, limits=limits) as http:
 
         async def one(note: dict[str, str]) -> None:
-            t0 = time.perf_counter()
-            try:
-                r = await client.post(f"{url}/v1/extract", json={**note, "policy": "fast-only"})
-                results.append((r.status_code, (time.perf_counter() - t0) * 1000))
-            except httpx.HTTPError:
-                results.append((-1, (time.perf_counter() - t0) * 1000))
+            samples.append(await target.http(http, note, deadline_ms, name))
 
-        start = time.perf_counter()
+        pending = []
+        start = target.now()
         i = 0
-        while time.perf_counter() - start < seconds and i < cap:
+        while target.now() - start < seconds and i < cap:
             pending.append(asyncio.create_task(one(notes[i % len(notes)])))
             i += 1
             await asyncio.sleep(rng.expovariate(rate))
-        sent_wall = time.perf_counter() - start
-        _, not_done = await asyncio.wait(pending, timeout=120)
-        for t in not_done:
-            t.cancel()
-    codes = [c for c, _ in results]
-    refused = [ms for c, ms in results if c in (429, 503)]
-    ok = [ms for c, ms in results if c == 200]
-    return {
-        "offered_rate_per_s": round(rate, 3),
-        "sent": i,
-        "send_wall_s": round(sent_wall, 2),
-        "hung": len(not_done),
+        _, not_done = await asyncio.wait(pending, timeout=330)
+        for task in not_done:
+            task.cancel()
+            samples.append(Sample(start, target.now(), -1, name))  # hung: counted, never hidden
+    return samples
+
+
+def summarize(samples: list[Sample], deadline_ms: float | None) -> dict[str, Any]:
+    codes = [s.status for s in samples]
+    ok = [s for s in samples if s.status == 200]
+    refused = [s for s in samples if s.status in (429, 503)]
+    wall = (max(s.done for s in samples) - min(s.sent for s in samples)) if samples else 0.0
+    out: dict[str, Any] = {
+        "requests": len(samples),
         "ok": len(ok),
-        "refused_429_503": len(refused),
-        "other": len(codes) - len(ok) - len(refused),
-        "refusal_p50_ms": pct(refused, 50),
-        "refusal_max_ms": round(max(refused), 1) if refused else None,
-        "ok_p50_ms": pct(ok, 50),
-        "ok_p99_ms": pct(ok, 99),
-        "ok_max_ms": round(max(ok), 1) if ok else None,
-        "answered_within_1s": round(sum(ms <= 1000 for _, ms in results) / max(len(results), 1), 4),
-        "refused_within_1s": round(sum(ms <= 1000 for ms in refused) / max(len(refused), 1), 4),
+        "refused_429": codes.count(429),
+        "refused_503": codes.count(503),
+        "deadline_504": codes.count(504),
+        "errors_5xx_other": sum(c >= 500 and c not in (503, 504) for c in codes),
+        "transport_errors_or_hung": codes.count(-1),
+        "refused_share": round(len(refused) / len(samples), 4) if samples else 0.0,
+        "wall_s": round(wall, 2),
+        "answered_notes_per_s": round(len(ok) / wall, 3) if wall else 0.0,
+        "ok_p50_ms": pct([s.ms for s in ok], 50),
+        "ok_p95_ms": pct([s.ms for s in ok], 95),
+        "ok_p99_ms": pct([s.ms for s in ok], 99),
+        "ok_max_ms": round(max(s.ms for s in ok), 1) if ok else None,
+        "refusal_p50_ms": pct([s.ms for s in refused], 50),
+        "refusal_max_ms": round(max(s.ms for s in refused), 1) if refused else None,
+        "max_ms": round(max(s.ms for s in samples), 1) if samples else None,
     }
+    if deadline_ms:
+        out["deadline_ms"] = deadline_ms
+        out["answered_within_deadline_plus_500ms"] = round(
+            sum(s.ms <= deadline_ms + 500 for s in samples) / max(len(samples), 1), 4
+        )
+        out["ok_within_deadline"] = round(sum(s.ms <= deadline_ms for s in ok) / max(len(ok), 1), 4)
+        out["refusals_within_500ms"] = round(sum(s.ms <= 500 for s in refused) / max(len(refused), 1), 4)
+    return out
 
 
-def ray_rss_mb() -> float:
-    import psutil
+class ReplicaPoller:
+    """Replica counts per deployment and node every `interval` s, in a thread (needs Ray)."""
 
-    total = 0
-    for p in psutil.process_iter(["name", "cmdline", "memory_info"]):
-        cmd = " ".join(p.info.get("cmdline") or [])
-        if "ray::" in cmd or "raylet" in cmd or "ray/" in cmd or (p.info.get("name") or "").startswith("ray::"):
-            total += p.info["memory_info"].rss if p.info.get("memory_info") else 0
-    return round(total / 2**20, 1)
+    def __init__(self, target: Target, interval: float = 2.0):
+        self.target, self.interval = target, interval
+        self.log: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> ReplicaPoller:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        from serve_app.replicas import serve_replicas
+
+        while not self._stop.is_set():
+            try:
+                reps = serve_replicas(APP)
+                self.log.append({"t": round(self.target.now(), 2), **{k: v.model_dump() for k, v in reps.items()}})
+            except Exception as exc:  # keep polling through a controller hiccup
+                self.log.append({"t": round(self.target.now(), 2), "error": type(exc).__name__})
+            self._stop.wait(self.interval)
+
+    def latest(self) -> dict[str, Any]:
+        return next((e for e in reversed(self.log) if "error" not in e), {})
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def cooldown(poller: ReplicaPoller | None, seconds: float) -> dict[str, Any]:
+    """Wait (no load) until every deployment is at its minimum; how long it took."""
+    if poller is None:
+        time.sleep(min(seconds, 5))
+        return {"skipped": "no Ray address: replica counts unknown"}
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        time.sleep(2)
+        latest = poller.latest()
+        deps = {k: v for k, v in latest.items() if isinstance(v, dict)}
+        if deps and all(v["running"] <= v["min_replicas"] and not v["starting"] for v in deps.values()):
+            return {"back_to_min_s": round(time.perf_counter() - t0, 1), "replicas": deps}
+    return {"back_to_min_s": None, "timeout_s": seconds, "replicas": poller.latest()}
+
+
+def timeline(samples: list[Sample], replicas: list[dict[str, Any]], bucket_s: float = 5.0) -> list[dict[str, Any]]:
+    """Per bucket of answer time: answered/s, refused/s, latency percentiles, replicas then."""
+    if not samples:
+        return []
+    end = max(s.done for s in samples)
+    rows = []
+    for k in range(int(end // bucket_s) + 1):
+        lo, hi = k * bucket_s, (k + 1) * bucket_s
+        here = [s for s in samples if lo <= s.done < hi]
+        ok = [s.ms for s in here if s.status == 200]
+        rep = [r for r in replicas if lo <= r["t"] < hi and "FastTier" in r]
+        rows.append(
+            {
+                "t": hi,
+                "ok_per_s": round(len(ok) / bucket_s, 2),
+                "refused_per_s": round(sum(s.status in (429, 503) for s in here) / bucket_s, 2),
+                "errors_per_s": round(sum(s.status not in (200, 429, 503) for s in here) / bucket_s, 2),
+                "p50_ms": pct(ok, 50),
+                "p95_ms": pct(ok, 95),
+                "p99_ms": pct(ok, 99),
+                "fast_replicas": max((r["FastTier"]["running"] for r in rep), default=None),
+                "fast_nodes": max((len(r["FastTier"]["per_node"]) for r in rep), default=None),
+            }
+        )
+    return rows
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -243,45 +325,38 @@ def plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    labels = ["in-process", "HTTP", "gRPC", "HTTP batch"]
-    vals = [report[k]["notes_per_s"] for k in ("in_process", "http", "grpc", "http_batch")]
-    a.bar(labels, vals, color=["#777", "#1f77b4", "#2ca02c", "#9467bd"])
-    a.set_ylabel("notes / s (fast-only)")
-    a.set_title("Throughput, same notes, same machine")
-    for x, v in enumerate(vals):
-        a.text(x, v, f"{v:.2f}", ha="center", va="bottom")
-    o = report["overload"]
-    parts = [o["ok"], o["refused_429_503"], o["other"], o["hung"]]
-    b.bar(["result", "429/503", "other", "hung"], parts, color=["#2ca02c", "#ff7f0e", "#d62728", "#000"])
-    b.set_title(f"Open loop at {report['overload_factor']}x sustainable ({o['offered_rate_per_s']}/s)")
+    rows = report["timeline"]
+    t = [r["t"] for r in rows]
+    fig, (a, b, c) = plt.subplots(3, 1, figsize=(11, 8), sharex=True)
+    a.plot(t, [r["ok_per_s"] for r in rows], label="answered/s", color="#2ca02c")
+    a.plot(t, [r["refused_per_s"] for r in rows], label="refused/s (429/503)", color="#ff7f0e")
+    a.plot(t, [r["errors_per_s"] for r in rows], label="other/s (504, errors)", color="#d62728")
+    a.set_ylabel("requests / s")
+    a.legend(loc="upper right", fontsize=8)
+    for q, col in (("p50_ms", "#1f77b4"), ("p95_ms", "#9467bd"), ("p99_ms", "#8c564b")):
+        b.plot(t, [r[q] if r[q] is not None else np.nan for r in rows], label=q.replace("_ms", ""), color=col)
+    b.set_ylabel("latency of answered (ms)")
+    b.set_yscale("log")
+    b.legend(loc="upper right", fontsize=8)
+    rt = [e["t"] for e in report["replicas"] if "FastTier" in e]
+    for dep, col in (("FastTier", "#1f77b4"), ("Ingress", "#7f7f7f"), ("LLMTier", "#e377c2")):
+        ys = [e[dep]["running"] if dep in e else np.nan for e in report["replicas"] if "FastTier" in e]
+        if any(not np.isnan(y) for y in ys):
+            c.step(rt, ys, where="post", label=f"{dep} running", color=col)
+    c.set_ylabel("replicas")
+    c.set_xlabel("seconds since start")
+    c.legend(loc="upper right", fontsize=8)
+    for sc in report["scenarios"]:
+        for ax in (a, b, c):
+            ax.axvline(sc["started_s"], color="#bbb", lw=0.8)
+        a.text(sc["started_s"], a.get_ylim()[1] * 0.92, sc["name"], fontsize=7, color="#555")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--notes", type=int, default=60, help="Unlabelled notes to send (bounded).")
-    p.add_argument(
-        "--concurrency", type=int, default=2, help="Closed-loop single-note clients (2 keeps under admission)."
-    )
-    p.add_argument("--batch", type=int, default=8, help="Notes per /v1/extract/batch request (one client).")
-    p.add_argument("--overload", type=float, default=5.0, help="Open-loop rate as a multiple of the sustainable one.")
-    p.add_argument("--seconds", type=float, default=20.0, help="Open-loop duration (bounded).")
-    p.add_argument("--model", help="Fast-tier model directory (default: the embedded default).")
-    p.add_argument("--llm", action="store_true", help="Deploy the LLM tier too (default: fast tier + router only).")
-    p.add_argument("--port", type=int, default=18400)
-    p.add_argument("--grpc-port", type=int, default=19400)
-    p.add_argument("--output-dir", default="benchmarks/results")
-    args = p.parse_args(argv)
-
-    from deployments.fast_tier.default import resolve_model_dir
-    from serve_app import local
+def in_process_baseline(notes: list[dict[str, str]], model_dir: Path) -> dict[str, Any]:
+    """`Pipeline.run(notes, fast-only)` as `clinie extract` runs it: the throughput to match."""
     from serve_app.pipeline import Pipeline
-
-    notes = load_notes(UNLABELED, args.notes)
-    model_dir = resolve_model_dir(args.model)
-    report: dict[str, Any] = {"notes": len(notes), "chars": sum(len(n["text"]) for n in notes)}
 
     pipe = Pipeline(model_dir=model_dir)
     inputs = [NoteInput(note_id=n["note_id"], text=n["text"]) for n in notes]
@@ -289,43 +364,90 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     pipe.run(inputs, policy="fast-only")
     wall = time.perf_counter() - t0
-    report["in_process"] = {"wall_s": round(wall, 2), "notes_per_s": round(len(notes) / wall, 3)}
-    print(f"in process: {report['in_process']['notes_per_s']:.2f} notes/s", flush=True)
-    del pipe
+    return {"wall_s": round(wall, 2), "notes_per_s": round(len(notes) / wall, 3)}
 
-    cfg, raw = local.local_app_config(fast_tier_model=str(model_dir), llm_enabled=args.llm)
-    svc = local.start(cfg, raw, port=args.port, grpc_port=args.grpc_port)
-    report["start_to_ready_s"] = round(svc.started_s + local.wait_ready(svc.http_url), 2)
-    print(f"served: ready {report['start_to_ready_s']} s after start", flush=True)
+
+def run_scenarios(
+    target: Target, notes: list[dict[str, str]], scenarios: list[str], poller: ReplicaPoller | None
+) -> tuple[list[dict[str, Any]], list[Sample]]:
+    results, samples = [], []
+    for spec in scenarios:
+        kind, *rest = spec.split(":")
+        started = target.now()
+        deadline = float(rest[2]) if len(rest) > 2 else None
+        if kind == "cooldown":
+            out: dict[str, Any] = cooldown(poller, float(rest[0]))
+        else:
+            if kind in ("closed", "grpc"):
+                got = asyncio.run(closed_loop(target, notes, [int(rest[0])], float(rest[1]), deadline, kind))
+            elif kind == "step":
+                steps = [int(c) for c in rest[0].split(",")]
+                got = asyncio.run(closed_loop(target, notes, steps, float(rest[1]), None, "step"))
+            elif kind == "open":
+                got = asyncio.run(open_loop(target, notes, float(rest[0]), float(rest[1]), deadline))
+            else:
+                raise SystemExit(f"unknown scenario kind {kind!r} in {spec!r}")
+            samples += got
+            out = summarize(got, deadline)
+            if poller is not None:
+                fast = [e["FastTier"]["running"] for e in poller.log if "FastTier" in e and e["t"] >= started]
+                out["fast_tier_max_replicas_seen"] = max(fast, default=None)
+        results.append({"name": spec, "started_s": round(started, 1), "ended_s": round(target.now(), 1), **out})
+        print(json.dumps(results[-1]), flush=True)
+    return results, samples
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", help="HTTP base URL of a running deployment (default: start one locally).")
+    p.add_argument("--grpc", dest="grpc_target", help="gRPC target host:port (for grpc scenarios).")
+    p.add_argument("--ray-address", help="Ray address to poll replica counts from (`auto`: the local cluster).")
+    p.add_argument(
+        "--scenario", action="append", help=f"Scenario (repeatable); default: {' '.join(DEFAULT_SCENARIOS)}."
+    )
+    p.add_argument("--notes", type=int, default=60, help="Unlabelled notes to cycle through (bounded).")
+    p.add_argument("--policy", default="fast-only", help="Policy every request names.")
+    p.add_argument("--honour-retry-after", action="store_true", help="Refused clients wait Retry-After first.")
+    p.add_argument("--model", help="Fast-tier model directory for a local start (default: the embedded default).")
+    p.add_argument("--llm", action="store_true", help="Deploy the LLM tier too on a local start.")
+    p.add_argument("--port", type=int, default=18400)
+    p.add_argument("--grpc-port", type=int, default=19400)
+    p.add_argument("--output-dir", default="benchmarks/results")
+    args = p.parse_args(argv)
+
+    notes = load_notes(UNLABELED, args.notes)
+    report: dict[str, Any] = {"notes": len(notes), "chars": sum(len(n["text"]) for n in notes), "policy": args.policy}
+    scenarios = args.scenario or DEFAULT_SCENARIOS
+    local_app = args.url is None
+    if local_app:
+        from deployments.fast_tier.default import resolve_model_dir
+        from serve_app import local
+
+        model_dir = resolve_model_dir(args.model)
+        report["in_process"] = in_process_baseline(notes, model_dir)
+        print(f"in process: {report['in_process']['notes_per_s']:.2f} notes/s", flush=True)
+        cfg, raw = local.local_app_config(fast_tier_model=str(model_dir), llm_enabled=args.llm)
+        svc = local.start(cfg, raw, port=args.port, grpc_port=args.grpc_port)
+        report["start_to_ready_s"] = round(svc.started_s + local.wait_ready(svc.http_url), 2)
+        args.url, args.grpc_target = svc.http_url, args.grpc_target or svc.grpc_target
+    elif args.ray_address:
+        import ray
+
+        ray.init(address=args.ray_address, namespace="serve", log_to_driver=False)
+    target = Target(args.url, args.grpc_target, args.policy, args.honour_retry_after)
+    poller = ReplicaPoller(target).start() if (local_app or args.ray_address) else None
     try:
-        asyncio.run(http_closed(svc.http_url, notes[:4], 2, "fast-only"))  # warm-up
-        report["http"] = asyncio.run(http_closed(svc.http_url, notes, args.concurrency, "fast-only"))
-        report["grpc"] = asyncio.run(grpc_closed(svc.grpc_target, notes, args.concurrency))
-        report["http_batch"] = asyncio.run(http_batch_closed(svc.http_url, notes, args.batch, 1))
-        base = report["in_process"]["notes_per_s"]
-        report["served_over_in_process"] = {
-            "http": round(report["http"]["notes_per_s"] / base, 3),
-            "grpc": round(report["grpc"]["notes_per_s"] / base, 3),
-            "http_batch": round(report["http_batch"]["notes_per_s"] / base, 3),
-        }
-        print(f"HTTP {report['http']}\ngRPC {report['grpc']}\nHTTP batch {report['http_batch']}", flush=True)
-
-        sustainable = max(report[k]["notes_per_s"] for k in ("http", "grpc", "http_batch"))
-        report["overload_factor"] = args.overload
-        mem_before = ray_rss_mb()
-        cap = int(sustainable * args.overload * args.seconds) + 10
-        report["overload"] = asyncio.run(http_open(svc.http_url, notes, sustainable * args.overload, args.seconds, cap))
-        time.sleep(3)
-        report["ray_rss_mb"] = {"before_overload": mem_before, "after_overload": ray_rss_mb()}
-        print(f"overload {report['overload']}\nmemory {report['ray_rss_mb']}", flush=True)
-
-        report["default_policy"] = asyncio.run(http_closed(svc.http_url, notes[:20], args.concurrency, "default"))
-        d = report["default_policy"]
-        d["note_escalation_rate"] = round(d["escalated_notes"] / max(d["ok"], 1), 3)
-        print(f"default policy {d}", flush=True)
+        report["scenarios"], samples = run_scenarios(target, notes, scenarios, poller)
     finally:
-        local.stop()
-
+        if poller is not None:
+            poller.stop()
+        if local_app:
+            local.stop()
+    report["replicas"] = poller.log if poller is not None else []
+    report["timeline"] = timeline(samples, report["replicas"])
+    if "in_process" in report:
+        best = max((s.get("answered_notes_per_s", 0.0) for s in report["scenarios"]), default=0.0)
+        report["served_over_in_process_at_saturation"] = round(best / report["in_process"]["notes_per_s"], 3)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_report(report, out / "load.json")

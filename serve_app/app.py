@@ -1,8 +1,11 @@
-"""The application graph: Ingress -> (FastTier, Router, LLMTier), composed with DeploymentHandles.
+"""The application graph: Ingress (with the router in it) -> (FastTier, LLMTier), composed with
+DeploymentHandles.
 
 `build_app(args)` is the application builder that `serve deploy` configs name
 (`import_path: serve_app.app:build_app`); `clinie serve` calls it too. The tiers and the router
-never import each other: this module wires them together at bind time.
+never import each other: this module wires them together at bind time. The router runs inside the
+Ingress replica (its decision is sub-millisecond; a deployment of its own cost a hop that shipped
+each note's analysis between processes): its policies are the Ingress's `user_config`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from deployments.fast_tier.default import REPO_ROOT, resolve_model_dir
 from deployments.fast_tier.deployment import FastTierDeployment
 from deployments.llm_tier.config import LLMTierConfig
 from deployments.llm_tier.deployment import LLMTierDeployment
-from router.deployment import RouterDeployment
 from serve_app.config import AppConfig
 from serve_app.ingress import Ingress
 from serve_app.pipeline import policies_path
@@ -37,7 +39,7 @@ def llm_config_of(cfg: AppConfig) -> LLMTierConfig:
 
 
 def router_user_config(cfg: AppConfig, configured: dict[str, Any] | None) -> dict[str, Any]:
-    """The Router's user_config: an explicit `policies_file` in the app args wins over the
+    """The Ingress's user_config (the router's policies): an explicit `policies_file` in the app args wins over the
     configured one; with neither, the default policy file. Always with the file's digest."""
     if cfg.policies_file or not configured:
         configured = {"policies_file": str(policies_path(cfg.policies_file))}
@@ -45,7 +47,7 @@ def router_user_config(cfg: AppConfig, configured: dict[str, Any] | None) -> dic
 
 
 def with_file_digest(user_config: dict[str, Any]) -> dict[str, Any]:
-    """Add the policy file's content digest to the Router's user_config: Serve reconfigures a
+    """Add the policy file's content digest to the router's user_config: Serve reconfigures a
     replica only when user_config changes, so an edited file (same path) must change it too.
     Re-running `serve deploy` / `serve.run` after editing the file then hot-reloads the policies."""
     if not user_config.get("policies_file"):
@@ -59,7 +61,7 @@ def with_file_digest(user_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
-    """Bind the four deployments. Options in `deployment_options` override the code defaults."""
+    """Bind the three deployments. Options in `deployment_options` override the code defaults."""
     cfg = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
     model_dir = resolve_model_dir(_repo_path(cfg.fast_tier_model) if cfg.fast_tier_model else None)
     llm_cfg = llm_config_of(cfg)
@@ -73,10 +75,6 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
         cfg.fast_tier_threads,
     )
     fast = FastTierDeployment.options(**opts.get("FastTier", {})).bind(*fast_args)
-    router_opts = dict(opts.get("Router", {}))
-    router_opts["user_config"] = router_user_config(cfg, router_opts.get("user_config"))
-    ood = str(model_dir / OOD_FILE)
-    router = RouterDeployment.options(**router_opts).bind(ood)
     llm = None
     if cfg.llm_enabled:
         llm_opts = dict(opts.get("LLMTier", {}))
@@ -87,4 +85,7 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
         llm_args = llm_cfg.model_dump(mode="json")
         llm = LLMTierDeployment.options(**llm_opts).bind(llm_args)
     ingress_cfg = cfg.model_copy(update={"llm": llm_cfg}).model_dump(mode="json")
-    return Ingress.options(**opts.get("Ingress", {})).bind(fast, router, llm, ingress_cfg)
+    ingress_opts = dict(opts.get("Ingress", {}))
+    ingress_opts["user_config"] = router_user_config(cfg, ingress_opts.get("user_config"))
+    ood = str(model_dir / OOD_FILE)
+    return Ingress.options(**ingress_opts).bind(fast, llm, ingress_cfg, ood)

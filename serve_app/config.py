@@ -12,6 +12,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.llm_tier.config import LLMTierConfig
+from serve_app.admission import AdmissionConfig
+
+# Largest `deadline_ms` a request may carry: 5 minutes, below the proxies' request_timeout_s
+# (serve configs: 310 s), so the service's own answer (a result, or 504) always comes first.
+MAX_DEADLINE_MS = 300_000.0
 
 
 class Limits(BaseModel):
@@ -22,21 +27,6 @@ class Limits(BaseModel):
     max_note_chars: int = Field(default=200_000, ge=1, description="Longest note accepted, in characters.")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Largest HTTP request body.")
     max_batch_notes: int = Field(default=64, ge=1, description="Most notes in one batch request.")
-
-
-class Admission(BaseModel):
-    """Load shedding at the ingress: refuse early (429 + Retry-After) instead of queueing."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_queue_wait_ms: float = Field(
-        default=700.0,
-        gt=0,
-        description="Refuse a note when the notes already waiting for the fast tier at this replica would take "
-        "longer than this to clear at the recently measured rate, so overload answers within about a second.",
-    )
-    max_in_flight: int = Field(default=64, ge=1, description="Hard cap on notes in flight at one ingress replica.")
-    retry_after_s: int = Field(default=1, ge=1, description="`Retry-After` seconds sent with 429/503.")
 
 
 class AppConfig(BaseModel):
@@ -67,13 +57,19 @@ class AppConfig(BaseModel):
     )
     llm: LLMTierConfig = Field(default_factory=LLMTierConfig, description="LLM tier configuration (inline).")
     limits: Limits = Field(default_factory=Limits, description="Input limits.")
-    admission: Admission = Field(default_factory=Admission, description="Load shedding.")
+    admission: AdmissionConfig = Field(
+        default_factory=AdmissionConfig, description="Deadline-aware admission (serve_app/admission.py)."
+    )
     api_keys_env: str = Field(
         default="CLINIE_API_KEYS",
         description="Environment variable holding comma-separated API keys; unset or empty: no auth (localhost).",
     )
-    default_deadline_ms: float | None = Field(
-        default=None, gt=0, description="Deadline of a request that carries none (None: the LLM tier's own timeout)."
+    default_deadline_ms: float = Field(
+        default=30_000.0,
+        gt=0,
+        le=MAX_DEADLINE_MS,
+        description="Deadline of a request that carries no `deadline_ms`: 30 s suits a synchronous call (a "
+        "fast-tier answer takes well under a second; an escalation to a GPU LLM tier a few seconds).",
     )
     fast_max_batch_size: int = Field(
         default=8, ge=1, le=64, description="Notes per @serve.batch call of the fast tier."

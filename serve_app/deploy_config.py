@@ -13,7 +13,8 @@ So `load_deploy_config` checks, in order, and stops at the first stage that fail
 2. the strict models below: the subset of the Serve config schema this project uses, every
    model `extra="forbid"`, with cross-field rules;
 3. wiring between deployments: the LLM tier's placement against the LLMTierConfig that
-   `args.llm_config` names, and the Router's user_config against router.config.RouterConfig
+   `args.llm_config` names, and the Ingress's user_config (the router's policies) against
+   router.config.RouterConfig
    and the LLM tier's autoscaling;
 4. Ray's own `ServeDeploySchema.model_validate` (pydantic v2 in Ray 2.60), so that what passes
    here is also what `serve deploy` accepts.
@@ -40,12 +41,12 @@ from serve_app.config import AppConfig
 REPO_ROOT = Path(__file__).resolve().parents[1]
 """Relative paths in `args` (llm_config, fast_tier_model) are resolved against this directory."""
 
-DEPLOYMENT_NAMES: tuple[str, ...] = ("Ingress", "FastTier", "Router", "LLMTier")
+DEPLOYMENT_NAMES: tuple[str, ...] = ("Ingress", "FastTier", "LLMTier")
 """The deployments serve_app.app:build_app binds. A config entry for any other name would be
 ignored by Serve's code path for this app (or fail late); every one of these must be configured,
 so no replica runs on Ray's silent defaults (1 CPU, 5 ongoing requests, no queue bound)."""
 
-DeploymentName = Literal["Ingress", "FastTier", "Router", "LLMTier"]
+DeploymentName = Literal["Ingress", "FastTier", "LLMTier"]
 
 # module.sub:attribute (the Serve import-path form we use) and a dotted function path (gRPC).
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
@@ -361,24 +362,26 @@ def _check_llm_placement(config: StrictServeConfig, repo_root: Path) -> list[str
 
 
 ROUTER_USER_CONFIG_KEYS = frozenset({"policies_file", "policies_sha256", "config"})
-"""What router.deployment.RouterDeployment.reconfigure reads; it ignores any other key silently."""
+"""What router.host.RouterHost.reconfigure (through Ingress.reconfigure) reads; it ignores any
+other key silently."""
 
 
 def _check_router_user_config(config: StrictServeConfig) -> list[str]:
-    """The Router's user_config: only keys the Router reads; an inline `config` that parses as a
-    RouterConfig (the Router would refuse it at reconfigure and keep running its old policies); and
-    a load limit that lets the LLM tier's autoscaler see load above its target (if the Router
+    """The Ingress's user_config (the router's policies): only keys the router reads; an inline
+    `config` that parses as a RouterConfig (the router would refuse it at reconfigure and keep
+    running its old policies); and a load limit that lets the LLM tier's autoscaler see load above
+    its target (if the router
     already sheds to the fast tier at `max_llm_queue` in flight, the LLM tier never scales out)."""
     from router.config import PolicyConfigError, RouterConfig, fallback_config, load_router_config, parse_router_config
 
     problems: list[str] = []
     for a, app in enumerate(config.applications):
-        d = next(i for i, dep in enumerate(app.deployments) if dep.name == "Router")
+        d = next(i for i, dep in enumerate(app.deployments) if dep.name == "Ingress")
         at = f"applications.{a}.deployments.{d}.user_config"
         user_config = app.deployments[d].user_config or {}
         for key in sorted(set(user_config) - ROUTER_USER_CONFIG_KEYS):
             problems.append(
-                f"{at}.{key}: unknown key (the Router reads only {', '.join(sorted(ROUTER_USER_CONFIG_KEYS))})"
+                f"{at}.{key}: unknown key (the router reads only {', '.join(sorted(ROUTER_USER_CONFIG_KEYS))})"
             )
         router_cfg: RouterConfig | None = None
         if user_config.get("config"):
@@ -394,7 +397,7 @@ def _check_router_user_config(config: StrictServeConfig) -> list[str]:
                 problems.append(f"{at}.policies_file: {exc}")
                 continue
         else:
-            router_cfg = fallback_config()  # what the Router runs with neither key
+            router_cfg = fallback_config()  # what the router runs with neither key
         llm_auto = app.deployment("LLMTier").autoscaling_config
         if router_cfg is None or llm_auto is None or llm_auto.max_replicas == llm_auto.min_replicas:
             continue

@@ -25,19 +25,24 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 import clinie
+from clinie.analysis import NoteAnalysis
 from clinie.schema import ErrorBody, NoteError, NoteResult
 from deployments.fast_tier.engine import InputError, validate_text
 from deployments.llm_tier.engine import LLMTimeout, LLMUnavailable
 from router import LoadState, UnknownPolicy
+from router.host import RouterHost
 from router.policies import Decision
-from serve_app.config import AppConfig
+from serve_app.admission import Admission
+from serve_app.config import MAX_DEADLINE_MS, AppConfig
 from serve_app.grpc_service import InvalidRequest
 from serve_app.metrics import Metrics
 from serve_app.orchestrate import LLMFailure, finish
+from serve_app.replicas import serve_replicas
 
 log = logging.getLogger("clinie.ingress")
 
@@ -53,7 +58,15 @@ class ExtractRequest(BaseModel):
     text: str = Field(description="The note.")
     note_id: str | None = Field(default=None, max_length=256, description="Echoed back in the result.")
     policy: str | None = Field(default=None, max_length=128, description="Routing policy; default: `default`.")
-    deadline_ms: float | None = Field(default=None, gt=0, description="Answer within this many ms (best effort).")
+    deadline_ms: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_DEADLINE_MS,
+        allow_inf_nan=False,
+        description="Answer within this many ms, counted from arrival at the ingress (default 30,000; at most "
+        "300,000). Refused at once (429) when the service cannot make it; 504 `deadline_exceeded` if it is "
+        "overtaken after admission.",
+    )
 
 
 class BatchNote(BaseModel):
@@ -70,7 +83,13 @@ class ExtractBatchRequest(BaseModel):
 
     notes: list[BatchNote] = Field(description="Notes, answered in the same order.")
     policy: str | None = Field(default=None, max_length=128, description="Routing policy for every note.")
-    deadline_ms: float | None = Field(default=None, gt=0, description="Deadline for the whole batch, ms.")
+    deadline_ms: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_DEADLINE_MS,
+        allow_inf_nan=False,
+        description="Deadline for the whole batch, ms (default 30,000; at most 300,000).",
+    )
 
 
 class ApiError(Exception):
@@ -95,6 +114,36 @@ class ApiError(Exception):
         return {"error": {"code": self.code, "message": self.message}}
 
 
+# Deeper than any request body needs (the deepest, a batch note, is 3 levels); a bound well
+# below Python's recursion limit, so a hostile body is a 400, not a RecursionError.
+MAX_JSON_DEPTH = 32
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, iteratively (containers only: strings cost nothing)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, d)
+            stack.extend((v, d + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def _parse_json(body: bytes) -> Any:
+    """The body's JSON, or ApiError 400 `malformed_json` (bad UTF-8, bad JSON, nested too deep)."""
+    too_deep = ApiError(400, "malformed_json", f"request body nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        payload = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ApiError(400, "malformed_json", "request body is not valid UTF-8 JSON") from None
+    except RecursionError:  # deeper than the parser's own stack allows
+        raise too_deep from None
+    if _depth(payload) > MAX_JSON_DEPTH:
+        raise too_deep
+    return payload
+
+
 def _safe_validation_message(exc: ValidationError) -> str:
     """Field path and rule of the first problems, without the input values pydantic would echo."""
     parts = []
@@ -111,11 +160,11 @@ app = FastAPI(
 )
 
 
-# -- the orchestration's view of the tiers through handles -----------------------------------
+# -- the orchestration's view of the tiers: the router in this process, the LLM tier by handle --
 
 
 class _HandleTiers:
-    def __init__(self, router: DeploymentHandle, llm: DeploymentHandle | None, owner: Ingress):
+    def __init__(self, router: RouterHost, llm: DeploymentHandle | None, owner: Ingress):
         self.router, self.llm, self.owner = router, llm, owner
 
     def load(self) -> LoadState:
@@ -124,7 +173,8 @@ class _HandleTiers:
     async def route(
         self, analysis: Any, policy: str | None, load: LoadState, deadline_ms: float | None
     ) -> tuple[Decision, dict[str, float], list[tuple[int, int]]]:
-        return await self.router.route.remote(analysis, policy, load, deadline_ms)
+        # Sub-millisecond and CPU-only: run here rather than pay a hop that ships the analysis.
+        return self.router.route(analysis, policy, load, deadline_ms)
 
     async def llm_extract(
         self,
@@ -162,30 +212,57 @@ class _HandleTiers:
             owner.metrics.in_flight.labels("llm").set(owner.llm_in_flight)
 
 
+def _fast_replicas() -> tuple[int, int, int]:
+    """(running, starting, max_replicas) of this application's FastTier, from the controller."""
+    fast = serve_replicas(serve.get_replica_context().app_name)["FastTier"]
+    return fast.running, fast.starting, fast.max_replicas
+
+
+# A fast-tier replica that died or became unreachable under a request: extraction is a pure
+# function, so the request is tried once more (the handle picks a live replica).
+_REPLICA_GONE = (RayActorError, ActorUnavailableError)
+
+
 @serve.deployment(name="Ingress")
 @serve.ingress(app)
 class Ingress:
+    """HTTP + gRPC transport, admission, the router (policies via `user_config`), orchestration."""
+
     def __init__(
         self,
         fast: DeploymentHandle,
-        router: DeploymentHandle,
         llm: DeploymentHandle | None,
         config: dict[str, Any],
+        ood_stats: str | None = None,
     ):
         self.cfg = AppConfig.model_validate(config)
-        self.fast, self.router, self.llm = fast, router, llm
+        self.fast, self.llm = fast, llm
+        self.router = RouterHost(ood_stats)
+        # The LLM model id is known from the config; the fast tier's from its first answer (or
+        # /readyz). Until both are known, a policy calibrated for particular models does not escalate.
+        self._llm_model_id = self.cfg.llm.model_id if llm is not None else None
+        self._fast_model_id: str | None = None
+        self.router.router.set_running_models(fast=None, llm=self._llm_model_id)
         self.metrics = Metrics()
-        self.tiers = _HandleTiers(router, llm, self)
+        self.tiers = _HandleTiers(self.router, llm, self)
         keys = os.environ.get(self.cfg.api_keys_env, "")
         self.api_keys = [k.strip().encode() for k in keys.split(",") if k.strip()]
-        self.fast_in_flight = 0
+        self.admission = Admission(self.cfg.admission)
         self.llm_in_flight = 0
         self.llm_latencies: deque[float] = deque(maxlen=64)
         self.llm_state: dict[str, Any] = {"state": "absent" if llm is None else "starting"}
-        self._done: deque[float] = deque(maxlen=256)  # completion times of fast-tier calls
-        self._policies: set[str] = set()
-        self._policies_at = 0.0
-        self._costs: dict[str, float] = {"llm_cost_per_token": 1.0, "fast_cost_per_call": 0.0}
+        self._llm_state_at = 0.0
+        self._poller: asyncio.Task[None] | None = None
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve calls this with the deployment's `user_config`: the router's policies (hot reload)."""
+        self.router.reconfigure(user_config)
+
+    def _fast_model(self, model_id: str) -> None:
+        """The fast tier's model id, as its replicas report it (tells the router what runs)."""
+        if model_id != self._fast_model_id:
+            self._fast_model_id = model_id
+            self.router.router.set_running_models(fast=model_id, llm=self._llm_model_id)
 
     # -- shared helpers ------------------------------------------------------------------------
 
@@ -197,27 +274,39 @@ class Ingress:
             llm_p50_ms=lat[len(lat) // 2] if lat else None,
         )
 
-    async def _refresh(self, force: bool = False) -> None:
-        """Policy names, cost model and the LLM tier's state, cached for a second."""
-        now = time.monotonic()
-        if not force and now - self._policies_at < 1.0:
-            return
-        self._policies_at = now
-        self._policies = set(await self.router.known.remote())
-        self._costs = await self.router.cost_model.remote()
-        if self.llm is not None:
-            try:
-                self.llm_state = await asyncio.wait_for(self.llm.status.remote(), 2.0)
-            except Exception as exc:  # the LLM replica is gone or stuck: route around it
-                self.llm_state = {"state": "unreachable", "error": type(exc).__name__}
+    def _start_poller(self) -> None:
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
 
-    async def _check_policy(self, policy: str | None) -> None:
-        await self._refresh()
-        if policy is not None and policy not in self._policies:
-            await self._refresh(force=True)  # a hot reload may have just added it
-            if policy not in self._policies:
-                known = ", ".join(sorted(self._policies))
-                raise ApiError(400, "unknown_policy", f"unknown policy {policy!r}; known policies: {known}")
+    async def _poll(self) -> None:
+        """Every couple of seconds: the fast tier's replica counts (admission counts running and
+        starting capacity) and the LLM tier's state (routing avoids a tier that is not ready)."""
+        while True:
+            try:
+                running, starting, most = await asyncio.to_thread(_fast_replicas)
+                self.admission.set_replicas(running, starting, most)
+                self.metrics.replicas.labels("FastTier", "running").set(running)
+                self.metrics.replicas.labels("FastTier", "starting").set(starting)
+            except Exception as exc:  # the controller is busy or restarting: keep the last counts
+                log.warning("replica poll failed: %s", type(exc).__name__)
+            await self._refresh_llm()
+            await asyncio.sleep(self.cfg.admission.poll_interval_s)
+
+    async def _refresh_llm(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.llm is None or (not force and now - self._llm_state_at < 1.0):
+            return
+        self._llm_state_at = now
+        try:
+            self.llm_state = await asyncio.wait_for(self.llm.status.remote(), 2.0)
+        except Exception as exc:  # the LLM replica is gone or stuck: route around it
+            self.llm_state = {"state": "unreachable", "error": type(exc).__name__}
+
+    def _check_policy(self, policy: str | None) -> None:
+        try:
+            self.router.router.check(policy)
+        except UnknownPolicy as exc:
+            raise ApiError(400, "unknown_policy", exc.message) from None
 
     def _authorize(self, presented: str | None) -> None:
         if not self.api_keys:
@@ -226,23 +315,23 @@ class Ingress:
         if not any(hmac.compare_digest(given, k) for k in self.api_keys):
             raise ApiError(401, "unauthorized", "missing or invalid API key")
 
-    def _admit(self, notes: int) -> None:
-        """Refuse now, cheaply, when the work already waiting would not clear in time.
+    def _deadline(self, requested: float | None) -> float:
+        return requested if requested is not None else self.cfg.default_deadline_ms
 
-        The wait is that of the notes ahead of this request (its own notes are its service time,
-        so a large batch on an idle service is admitted), at the completion rate measured over
-        the last 10 s."""
-        adm = self.cfg.admission
-        if self.fast_in_flight + notes > adm.max_in_flight:
-            self.metrics.rejected.labels("in_flight_cap").inc()
-            raise ApiError(429, "overloaded", "too many requests in flight; retry later", adm.retry_after_s)
-        now = time.monotonic()
-        recent = [t for t in self._done if now - t < 10.0]
-        if self.fast_in_flight and len(recent) >= 4:
-            rate = len(recent) / max(now - recent[0], 1e-3)  # notes per second recently completed
-            if self.fast_in_flight / rate * 1000 > adm.max_queue_wait_ms:
-                self.metrics.rejected.labels("queue_wait").inc()
-                raise ApiError(429, "overloaded", "the service is at capacity; retry later", adm.retry_after_s)
+    async def _admit(self, notes: int, chars: int, deadline_ms: float) -> None:
+        """Refuse, before any model work, a request that cannot finish inside its deadline (see
+        serve_app/admission.py); otherwise its work counts as in flight until released.
+
+        A refusal is paced (`refusal_delay_ms`, well inside the 0.5 s a refusal may take): a
+        client that ignores `Retry-After` and asks again at once would otherwise spend the cores
+        the admitted requests need on a storm of refusals. Waiting costs this replica nothing."""
+        self._start_poller()
+        refusal = self.admission.admit(notes, chars, deadline_ms)
+        if refusal is not None:
+            self.metrics.rejected.labels(refusal.reason).inc()
+            await asyncio.sleep(self.cfg.admission.refusal_delay_ms / 1000)
+            raise ApiError(429, "overloaded", refusal.message, refusal.retry_after_s)
+        self.metrics.in_flight.labels("bert").set(self.admission.in_flight_notes)
 
     def _validate(self, text: object) -> str:
         """The note's text, or an ApiError (413 for a note over the limit, 400 otherwise)."""
@@ -251,40 +340,53 @@ class Ingress:
         except InputError as exc:
             raise ApiError(413 if exc.code == "note_too_long" else 400, exc.code, exc.message) from None
 
+    async def _fast_pass(self, note_id: str | None, valid: str, remaining_s: float) -> NoteAnalysis:
+        """The fast tier's analysis within `remaining_s`; ApiError 503/504 otherwise."""
+        t_end = time.perf_counter() + remaining_s
+        for attempt in (1, 2):
+            try:
+                left = t_end - time.perf_counter()
+                if left <= 0:
+                    raise TimeoutError
+                return await asyncio.wait_for(self.fast.analyze.remote(note_id, valid), left)
+            except BackPressureError:
+                self.metrics.rejected.labels("fast_queue_full").inc()
+                raise ApiError(503, "overloaded", "the fast tier's queue is full; retry later", 1) from None
+            except TimeoutError:
+                self.metrics.rejected.labels("deadline_exceeded").inc()
+                raise ApiError(504, "deadline_exceeded", "the fast tier did not answer within the deadline") from None
+            except _REPLICA_GONE as exc:
+                log.warning("fast-tier replica lost under a request (%s), attempt %d", type(exc).__name__, attempt)
+        self.metrics.rejected.labels("fast_replica_lost").inc()
+        raise ApiError(503, "unavailable", "the fast tier lost its replica; retry", 1)
+
     async def _one(
-        self, note_id: str | None, valid: str, policy: str | None, deadline_ms: float | None, t0: float
+        self, note_id: str | None, valid: str, policy: str | None, deadline_ms: float, t0: float
     ) -> NoteResult:
         """One validated, admitted note; raises ApiError for what fails the whole note."""
-        deadline = deadline_ms or self.cfg.default_deadline_ms
-        self.fast_in_flight += 1
-        self.metrics.in_flight.labels("bert").set(self.fast_in_flight)
+        remaining_s = deadline_ms / 1000 - (time.perf_counter() - t0)
         try:
-            call = self.fast.analyze.remote(note_id, valid)
-            analysis = await (asyncio.wait_for(call, deadline / 1000) if deadline else call)
-        except BackPressureError:
-            self.metrics.rejected.labels("fast_queue_full").inc()
-            raise ApiError(503, "overloaded", "the fast tier's queue is full; retry later", 1) from None
-        except TimeoutError:
-            raise ApiError(504, "deadline_exceeded", "the fast tier did not answer within the deadline") from None
+            analysis = await self._fast_pass(note_id, valid, remaining_s)
         finally:
-            self.fast_in_flight -= 1
-            self.metrics.in_flight.labels("bert").set(self.fast_in_flight)
-            self._done.append(time.monotonic())
+            self.admission.release(1, len(valid))
+            self.metrics.in_flight.labels("bert").set(self.admission.in_flight_notes)
+        self.admission.record(len(valid), analysis.elapsed_ms)
+        self._fast_model(analysis.model_tag)
         try:
-            result = await finish(self.tiers, analysis, policy, deadline, started=t0)
+            result = await finish(self.tiers, analysis, policy, deadline_ms, started=t0)
         except UnknownPolicy as exc:
             raise ApiError(400, "unknown_policy", exc.message) from None
-        self.metrics.observe_result(
-            result, self._costs.get("fast_cost_per_call", 0.0), self._costs["llm_cost_per_token"]
-        )
+        costs = self.router.router.config.costs
+        self.metrics.observe_result(result, costs.fast_cost_per_call, costs.llm_cost_per_token)
         return result
 
     async def _extract(self, req: ExtractRequest) -> NoteResult:
         t0 = time.perf_counter()
-        await self._check_policy(req.policy)
+        self._check_policy(req.policy)
         valid = self._validate(req.text)  # bad input is a 4xx even when the service is busy
-        self._admit(1)
-        return await self._one(req.note_id, valid, req.policy, req.deadline_ms, t0)
+        deadline = self._deadline(req.deadline_ms)
+        await self._admit(1, len(valid), deadline)
+        return await self._one(req.note_id, valid, req.policy, deadline, t0)
 
     async def _extract_batch(self, req: ExtractBatchRequest) -> list[NoteResult | NoteError]:
         t0 = time.perf_counter()
@@ -294,17 +396,27 @@ class Ingress:
                 "batch_too_large",
                 f"batch has {len(req.notes)} notes; the limit is {self.cfg.limits.max_batch_notes}",
             )
-        await self._check_policy(req.policy)
-        self._admit(len(req.notes))
-
-        async def slot(n: BatchNote) -> NoteResult | NoteError:
+        self._check_policy(req.policy)
+        checked: list[str | ApiError] = []
+        for n in req.notes:
             try:
-                return await self._one(n.note_id, self._validate(n.text), req.policy, req.deadline_ms, t0)
+                checked.append(self._validate(n.text))
+            except ApiError as exc:
+                checked.append(exc)
+        valid = [v for v in checked if isinstance(v, str)]
+        deadline = self._deadline(req.deadline_ms)
+        await self._admit(len(valid), sum(len(v) for v in valid), deadline)
+
+        async def slot(n: BatchNote, v: str | ApiError) -> NoteResult | NoteError:
+            try:
+                if isinstance(v, ApiError):
+                    raise v
+                return await self._one(n.note_id, v, req.policy, deadline, t0)
             except ApiError as exc:
                 self.metrics.note_errors.labels(exc.code).inc()
                 return NoteError(note_id=n.note_id, error=ErrorBody(code=exc.code, message=exc.message))
 
-        return list(await asyncio.gather(*(slot(n) for n in req.notes)))
+        return list(await asyncio.gather(*(slot(n, v) for n, v in zip(req.notes, checked, strict=True))))
 
     # -- HTTP ----------------------------------------------------------------------------------
 
@@ -321,10 +433,7 @@ class Ingress:
                 body += chunk
                 if len(body) > limit:
                     raise ApiError(413, "body_too_large", f"request body is over {limit} bytes")
-            try:
-                payload = json.loads(bytes(body).decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                raise ApiError(400, "malformed_json", "request body is not valid UTF-8 JSON") from None
+            payload = _parse_json(bytes(body))
             if not isinstance(payload, dict):
                 raise ApiError(400, "invalid_request", "request body must be a JSON object")
             try:
@@ -381,19 +490,19 @@ class Ingress:
         body: dict[str, Any] = {"components": {}, "missing": []}
         comps, missing = body["components"], body["missing"]
         try:
-            comps["fast_tier"] = {"state": "ready", **(await asyncio.wait_for(self.fast.info.remote(), 5.0))}
+            info = await asyncio.wait_for(self.fast.info.remote(), 5.0)
+            comps["fast_tier"] = {"state": "ready", "model": info["model"]}  # an id, never a path
+            self._fast_model(info["model"])
         except Exception as exc:
             comps["fast_tier"] = {"state": "unavailable", "error": type(exc).__name__}
             missing.append("fast_tier")
-        try:
-            comps["router"] = {"state": "ready", **(await asyncio.wait_for(self.router.status.remote(), 5.0))}
-        except Exception as exc:
-            comps["router"] = {"state": "unavailable", "error": type(exc).__name__}
-            missing.append("router")
-        try:
-            await self._refresh(force=True)
-        except Exception as exc:
-            log.warning("readyz refresh failed: %s", type(exc).__name__)
+        comps["router"] = {"state": "ready", **self.router.status()}
+        if not comps["router"]["models"]["match"]:
+            # Serving still works; the policies' measured gains are for other models, so those
+            # policies answer from the fast tier (route.reason `uncalibrated_models`).
+            body["policy_models_mismatch"] = comps["router"]["models"]["mismatches"]
+        comps["admission"] = self.admission.snapshot()
+        await self._refresh_llm(force=True)
         comps["llm_tier"] = self.llm_state
         if self.llm_state.get("state") != "ready":
             body["degraded"] = ["llm_tier"]
@@ -404,10 +513,7 @@ class Ingress:
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics_endpoint(self) -> Response:
-        try:
-            await self._refresh()
-        except Exception as exc:
-            log.warning("metrics refresh failed: %s", type(exc).__name__)
+        self._start_poller()
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
     # -- gRPC (Ray Serve's gRPC proxy calls these by RPC name) ---------------------------------

@@ -47,8 +47,8 @@ def deploy(cfg: AppConfig, raw: dict[str, Any], timeout_s: float = 120.0) -> Non
     """Deploy (or update) the application from a serve config, as `serve deploy` does.
 
     The declarative path gives deployments a code version derived from the config, so a change of
-    only the Router's `user_config` (policies) reconfigures the running replicas instead of
-    restarting them. An explicit policy file replaces the config's Router user_config, with the
+    only the Ingress's `user_config` (policies) reconfigures the running replicas instead of
+    restarting them. An explicit policy file replaces the config's Ingress user_config, with the
     file's digest, so that editing the file and deploying again is such a change.
     """
     from ray import serve
@@ -63,7 +63,7 @@ def deploy(cfg: AppConfig, raw: dict[str, Any], timeout_s: float = 120.0) -> Non
     if not cfg.llm_enabled:  # options for a deployment the app does not have would be refused
         app["deployments"] = [d for d in app["deployments"] if d["name"] != "LLMTier"]
     for dep in app["deployments"]:
-        if dep["name"] == "Router":
+        if dep["name"] == "Ingress":
             dep["user_config"] = router_user_config(cfg, dep.get("user_config"))
     schema = ServeDeploySchema.model_validate({"applications": config["applications"]})
     _get_global_client().deploy_apps(schema)

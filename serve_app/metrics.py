@@ -45,6 +45,12 @@ class Metrics:
         self.rejected = Counter(
             "clinie_rejected", "Requests refused for load (429/503), by reason.", ["reason"], registry=r
         )
+        self.replicas = Gauge(
+            "clinie_replicas",
+            "Replicas of a deployment as this ingress last saw them, by state (running, starting).",
+            ["deployment", "state"],
+            registry=r,
+        )
         self._recent: deque[tuple[int, int, int]] = deque(maxlen=window)  # (escalated?, sentences, escalated)
 
     def observe_result(self, result: NoteResult, fast_cost: float, llm_cost_per_token: float) -> None:

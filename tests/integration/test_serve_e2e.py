@@ -72,7 +72,8 @@ def service(tiny_model: Path, clinie_home: Path, policies_file: Path) -> Iterato
     cfg, raw = local.local_app_config(
         fast_tier_model=str(tiny_model), policies_file=str(policies_file), api_keys_env="CLINIE_TEST_KEYS"
     )
-    cfg = cfg.model_copy(update={"admission": cfg.admission.model_copy(update={"max_in_flight": 6})})
+    # cap = 3 x max_replicas (2) = 6 notes in flight: small, so the overload test reaches it
+    cfg = cfg.model_copy(update={"admission": cfg.admission.model_copy(update={"max_in_flight_per_replica": 3})})
     t0 = time.perf_counter()
     svc = local.start(cfg, raw, port=HTTP_PORT, grpc_port=GRPC_PORT)
     ready_s = local.wait_ready(URL, timeout_s=120)
@@ -140,6 +141,12 @@ def test_batch_keeps_order_and_isolates_bad_notes(service: dict[str, Any]):
         ({"text": "x" * 200_001}, None, 413, "note_too_long"),
         ({"notes": [{"text": "a"}] * 65}, None, 413, "batch_too_large"),
         ({"text": "fine", "policy": "no-such-policy"}, None, 400, "unknown_policy"),
+        ({"text": "fine", "deadline_ms": 0}, None, 400, "invalid_request"),
+        ({"text": "fine", "deadline_ms": 300_001}, None, 400, "invalid_request"),
+        ({"text": "fine", "deadline_ms": "soon"}, None, 400, "invalid_request"),
+        (None, b'{"text": "fine", "deadline_ms": NaN}', 400, "invalid_request"),
+        (None, b'{"text": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", 400, "malformed_json"),
+        (None, b'{"text": ' + b'{"a": ' * 40 + b"1" + b"}" * 40 + b"}", 400, "malformed_json"),
     ],
 )
 def test_bad_input_is_a_clear_4xx(service: dict[str, Any], body: Any, raw: bytes | None, status: int, code: str):
@@ -149,6 +156,8 @@ def test_bad_input_is_a_clear_4xx(service: dict[str, Any], body: Any, raw: bytes
     assert answer["error"]["message"]
     if code == "unknown_policy":
         assert "fast-only" in answer["error"]["message"]  # lists the known names
+    if body and "deadline_ms" in body:
+        assert answer["error"]["message"].startswith("deadline_ms")  # names the field
     assert call("/healthz")[0] == 200  # and nothing died
 
 
@@ -255,6 +264,103 @@ def test_overload_is_refused_quickly_with_retry_after(service: dict[str, Any]):
     assert call("/healthz")[0] == 200
 
 
+def test_deadline_admission_refuses_only_what_cannot_make_it(service: dict[str, Any]):
+    """Long notes with a 1.5 s deadline, 12 at once: what can be answered in time is admitted and
+    answered (or, if a note is overtaken after all, a 504); the rest is refused at once."""
+    long_note = " ".join([NOTE] * 40)
+    for _ in range(2):  # the ingress measures the fast tier's speed from answered notes
+        assert call("/v1/extract", {"text": long_note, "policy": "fast-only"})[0] == 200
+
+    def one(_: int) -> tuple[int, float, dict, dict]:
+        t0 = time.perf_counter()
+        status, body, headers = call("/v1/extract", {"text": long_note, "policy": "fast-only", "deadline_ms": 1500})
+        return status, time.perf_counter() - t0, body, headers
+
+    with cf.ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(one, range(12)))
+    codes = [a[0] for a in answers]
+    assert set(codes) <= {200, 429, 504}, codes
+    assert codes.count(200) >= 1 and codes.count(429) >= 1, codes
+    for status, seconds, body, headers in answers:
+        assert seconds < 1.5 + 1.0, (status, seconds)  # every answer near its deadline at worst
+        if status == 429:
+            assert body["error"]["code"] == "overloaded" and headers.get("retry-after")
+            assert "deadline" in body["error"]["message"]
+        if status == 504:
+            assert body["error"]["code"] == "deadline_exceeded"
+    with urllib.request.urlopen(URL + "/metrics", timeout=10) as r:
+        assert 'clinie_rejected_total{reason="deadline"}' in r.read().decode()
+
+
+def _fast_replicas() -> list[dict[str, Any]]:
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()
+    return details["applications"]["clinie"]["deployments"]["FastTier"]["replicas"]
+
+
+def _running(replicas: list[dict[str, Any]]) -> int:
+    return sum(r["state"] == "RUNNING" for r in replicas)
+
+
+def test_fast_tier_scales_out_under_load_and_back(service: dict[str, Any]):
+    """8 closed-loop clients: nothing refused (the default 30 s deadline fits the queue), the
+    queue reaches FastTier, the autoscaler adds the second replica; idle again, it goes back."""
+    stop = time.time() + 90
+    seen_two = []
+    codes: list[int] = []
+
+    def client() -> None:
+        while time.time() < stop and not seen_two:
+            codes.append(call("/v1/extract", {"text": " ".join([NOTE] * 10), "policy": "fast-only"})[0])
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(client) for _ in range(8)]
+        while time.time() < stop and not seen_two:
+            if _running(_fast_replicas()) >= 2:
+                seen_two.append(time.time())
+            time.sleep(1)
+        for f in futures:
+            f.result()
+    assert seen_two, "FastTier never reached 2 running replicas under 8 clients"
+    assert codes and set(codes) == {200}, {c: codes.count(c) for c in set(codes)}
+    t0 = time.time()
+    while _running(_fast_replicas()) > 1 and time.time() - t0 < 150:
+        time.sleep(2)
+    assert _running(_fast_replicas()) == 1, "FastTier did not scale back to 1 replica within 150 s"
+
+
+def test_fast_tier_replica_killed_under_load(service: dict[str, Any]):
+    """A FastTier replica dies while clients send notes: every request ends in a result or a
+    retryable 503 (the ingress retries once on another replica), never a 500; ready again after."""
+    import ray
+
+    stop = time.time() + 12
+    answers: list[tuple[int, dict]] = []
+
+    def client() -> None:
+        while time.time() < stop:
+            status, _, headers = call("/v1/extract", {"text": NOTE, "policy": "fast-only"})
+            answers.append((status, headers))
+
+    with cf.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(client) for _ in range(4)]
+        time.sleep(3)
+        victims = [a for a in ray.util.list_named_actors(all_namespaces=True) if "FastTier" in a["name"]]
+        assert victims
+        ray.kill(ray.get_actor(victims[0]["name"], namespace=victims[0]["namespace"]), no_restart=False)
+        for f in futures:
+            f.result()
+    codes = [s for s, _ in answers]
+    assert codes.count(200) > 0 and set(codes) <= {200, 503}, {c: codes.count(c) for c in set(codes)}
+    assert all(h.get("retry-after") for s, h in answers if s == 503)
+    local_wait = time.time()
+    while call("/readyz")[0] != 200 and time.time() - local_wait < 60:
+        time.sleep(1)
+    assert call("/readyz")[0] == 200
+    assert call("/v1/extract", {"text": NOTE, "policy": "fast-only"})[0] == 200
+
+
 def test_note_text_never_reaches_logs_or_metrics(service: dict[str, Any]):
     canary_note = f"{CANARY} denies chest pain."
     call("/v1/extract", {"text": canary_note, "policy": "fast-only", "note_id": "canary"})
@@ -284,7 +390,7 @@ def test_autoscaling_config_is_applied(service: dict[str, Any]):
     deployments = details["applications"]["clinie"]["deployments"]
     local_yaml = yaml.safe_load(Path("serve_app/configs/serve.local.yaml").read_text())
     wanted = {d["name"]: d for d in local_yaml["applications"][0]["deployments"]}
-    for name in ("Ingress", "FastTier", "Router", "LLMTier"):
+    for name in ("Ingress", "FastTier", "LLMTier"):
         applied = deployments[name]["deployment_config"]
         assert applied["max_ongoing_requests"] == wanted[name]["max_ongoing_requests"]
         assert applied["max_queued_requests"] == wanted[name]["max_queued_requests"]
@@ -304,7 +410,7 @@ def test_policy_hot_reload_keeps_serving(service: dict[str, Any], policies_file:
         background = pool.submit(
             lambda: [call("/v1/extract", {"text": NOTE, "policy": "fast-only"})[0] for _ in range(5)]
         )
-        local.deploy(cfg, raw)  # only the Router's user_config (the file's digest) changed
+        local.deploy(cfg, raw)  # only the Ingress's user_config (the file's digest) changed
         assert background.result() == [200] * 5
     deadline = time.time() + 30
     while call("/v1/extract", {"text": NOTE, "policy": "added"})[0] != 200 and time.time() < deadline:

@@ -25,7 +25,7 @@ PRODUCTION = CONFIGS / "serve.production.yaml"
 LOCAL = CONFIGS / "serve.local.yaml"
 LLM_TP8 = CONFIGS / "llm_tier.llama3-70b-tp8.yaml"
 # Deployment order in both configs: where an error path's index points.
-INGRESS, FAST, ROUTER, LLM = 0, 1, 2, 3
+INGRESS, FAST, LLM = 0, 1, 2
 DEP = "applications.0.deployments"
 
 
@@ -88,7 +88,7 @@ def test_ray_alone_accepts_what_the_strict_check_refuses(production: dict[str, A
             lambda d: _dep(d, FAST)["autoscaling_config"].update(min_replica=1),
             f"{DEP}.{FAST}.autoscaling_config.min_replica",
         ),
-        (lambda d: _dep(d, ROUTER).update(max_ongoing_request=8), f"{DEP}.{ROUTER}.max_ongoing_request"),
+        (lambda d: _dep(d, FAST).update(max_ongoing_request=8), f"{DEP}.{FAST}.max_ongoing_request"),
         (lambda d: _dep(d, LLM)["ray_actor_options"].update(num_cpu=1), f"{DEP}.{LLM}.ray_actor_options.num_cpu"),
         (lambda d: d["http_options"].update(request_timeout=60), "http_options.request_timeout"),
         (lambda d: d["applications"][0]["args"].update(llm_confg="x.yaml"), "applications.0.args.llm_confg"),
@@ -122,19 +122,27 @@ def test_target_above_max_ongoing_is_refused(production: dict[str, Any]) -> None
 
 
 def test_unknown_deployment_name_is_refused(production: dict[str, Any]) -> None:
-    message = _refused(production, lambda d: _dep(d, ROUTER).update(name="Routr"))
-    assert f"{DEP}.{ROUTER}.name:" in message and "'Router'" in message
+    message = _refused(production, lambda d: _dep(d, FAST).update(name="FastTeir"))
+    assert f"{DEP}.{FAST}.name:" in message and "'FastTier'" in message
+
+
+def test_the_former_router_deployment_is_refused(production: dict[str, Any]) -> None:
+    """The router runs inside the Ingress now: a config still naming a Router deployment would
+    configure nothing, so it is refused rather than ignored."""
+    extra = {"name": "Router", "max_ongoing_requests": 8, "max_queued_requests": 8, "num_replicas": 1}
+    message = _refused(production, lambda d: d["applications"][0]["deployments"].append(extra))
+    assert f"{DEP}.3.name: Input should be 'Ingress', 'FastTier' or 'LLMTier'" in message
 
 
 def test_missing_and_duplicate_deployments_are_refused(production: dict[str, Any]) -> None:
-    assert "missing deployments: Router" in _refused(
-        production, lambda d: d["applications"][0]["deployments"].pop(ROUTER)
+    assert "missing deployments: FastTier" in _refused(
+        production, lambda d: d["applications"][0]["deployments"].pop(FAST)
     )
 
     def twice(d: dict[str, Any]) -> None:
-        _dep(d, ROUTER)["name"] = "FastTier"
+        _dep(d, LLM)["name"] = "FastTier"
 
-    assert f"{DEP}.{ROUTER}.name: deployment 'FastTier' is configured twice" in _refused(production, twice)
+    assert f"{DEP}.{LLM}.name: deployment 'FastTier' is configured twice" in _refused(production, twice)
 
 
 @pytest.mark.parametrize(
@@ -157,13 +165,13 @@ def test_unbounded_queue_is_allowed(production: dict[str, Any]) -> None:
 
 
 def test_num_cpus_must_be_positive(production: dict[str, Any]) -> None:
-    message = _refused(production, lambda d: _dep(d, ROUTER)["ray_actor_options"].update(num_cpus=0))
-    assert f"{DEP}.{ROUTER}.ray_actor_options.num_cpus" in message
+    message = _refused(production, lambda d: _dep(d, FAST)["ray_actor_options"].update(num_cpus=0))
+    assert f"{DEP}.{FAST}.ray_actor_options.num_cpus" in message
 
 
 def test_both_or_neither_of_num_replicas_and_autoscaling_is_refused(production: dict[str, Any]) -> None:
-    message = _refused(production, lambda d: _dep(d, ROUTER).update(num_replicas=2))
-    assert f"{DEP}.{ROUTER}.autoscaling_config: set exactly one" in message
+    message = _refused(production, lambda d: _dep(d, FAST).update(num_replicas=2))
+    assert f"{DEP}.{FAST}.autoscaling_config: set exactly one" in message
 
 
 def test_placement_rules(production: dict[str, Any]) -> None:
@@ -259,24 +267,24 @@ def test_port_clash_is_refused(production: dict[str, Any]) -> None:
 
 
 def test_router_user_config_key_the_router_ignores_is_refused(production: dict[str, Any]) -> None:
-    """RouterDeployment.reconfigure reads `config` / `policies_file` only; anything else would be
-    dropped silently and the Router would run its fallback policies."""
-    message = _refused(production, lambda d: _dep(d, ROUTER).update(user_config={"default_policy": "default"}))
-    assert f"{DEP}.{ROUTER}.user_config.default_policy: unknown key" in message
+    """Ingress.reconfigure (the router's policies) reads `config` / `policies_file` only; anything
+    else would be dropped silently and the router would run its fallback policies."""
+    message = _refused(production, lambda d: _dep(d, INGRESS).update(user_config={"default_policy": "default"}))
+    assert f"{DEP}.{INGRESS}.user_config.default_policy: unknown key" in message
 
 
 def test_router_inline_config_is_validated_as_a_router_config(production: dict[str, Any]) -> None:
     def edit(d: dict[str, Any]) -> None:
-        _dep(d, ROUTER)["user_config"]["config"]["policies"]["confidence"]["signal"] = "min_token_porb"
+        _dep(d, INGRESS)["user_config"]["config"]["policies"]["confidence"]["signal"] = "min_token_porb"
 
-    assert f"{DEP}.{ROUTER}.user_config.config.policies.confidence.signal" in _refused(production, edit)
+    assert f"{DEP}.{INGRESS}.user_config.config.policies.confidence.signal" in _refused(production, edit)
 
 
 def test_router_shedding_below_the_llm_target_is_refused(production: dict[str, Any]) -> None:
     def edit(d: dict[str, Any]) -> None:
-        _dep(d, ROUTER)["user_config"]["config"]["load"]["max_llm_queue"] = 16
+        _dep(d, INGRESS)["user_config"]["config"]["load"]["max_llm_queue"] = 16
 
     message = _refused(production, edit)
-    assert f"{DEP}.{ROUTER}.user_config.config.load.max_llm_queue: 16 sheds" in message
-    # The Router's built-in fallback (no user_config) sheds at 8: too early for production too.
-    assert "max_llm_queue: 8 sheds" in _refused(production, lambda d: _dep(d, ROUTER).pop("user_config"))
+    assert f"{DEP}.{INGRESS}.user_config.config.load.max_llm_queue: 16 sheds" in message
+    # The router's built-in fallback (no user_config) sheds at 8: too early for production too.
+    assert "max_llm_queue: 8 sheds" in _refused(production, lambda d: _dep(d, INGRESS).pop("user_config"))

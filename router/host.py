@@ -1,11 +1,16 @@
-"""The router as a Ray Serve deployment. Policies arrive through `user_config`, so
-`serve deploy` with a changed policy file (or `serve.run` with new user_config) reconfigures the
-running replicas without a redeploy; a config that fails validation is refused and the running
-one stays in force (the error is logged with the offending field and shown by `status()`).
+"""The router as the serving application hosts it: policies from a Serve `user_config` (hot
+reload), out-of-distribution statistics, and the per-note decision.
+
+No Ray here: the ingress deployment owns one `RouterHost` and calls `reconfigure` from its own
+`reconfigure(user_config)`, so `serve deploy` with a changed policy file reconfigures the running
+replicas without a redeploy. A config that fails validation is refused and the running one stays
+in force (the error is logged with the offending field and shown by `status()`).
 
 user_config keys: `policies_file` (a YAML/JSON policy file, read on every reconfigure) and/or
 `config` (an inline RouterConfig mapping, which wins over the file); `policies_sha256` (added by
 the application builder) changes with the file's content so that Serve sees a new user_config.
+
+(It used to be a deployment of its own; one hop less measured faster: README, "Serving".)
 """
 
 from __future__ import annotations
@@ -13,8 +18,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
-
-from ray import serve
 
 from clinie.analysis import NoteAnalysis
 from clinie.ood import OODStats
@@ -27,12 +30,13 @@ log = logging.getLogger(__name__)
 # Relative policy files are relative to the repository (a replica's working directory is Ray's).
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+USER_CONFIG_KEYS = ("config", "policies_file", "policies_sha256")
 
-@serve.deployment(name="Router")
-class RouterDeployment:
-    """`route(analysis, policy, load, deadline_ms)` -> (Decision, note-level signals)."""
 
-    def __init__(self, ood_stats: str | None = None):
+class RouterHost:
+    """`route(analysis, policy, load, deadline_ms)` -> (Decision, note-level signals, sentences)."""
+
+    def __init__(self, ood_stats: str | Path | None = None):
         self.ood = OODStats.load_if_present(ood_stats)
         self.router = Router(fallback_config())
         self.last_error = ""
@@ -60,9 +64,6 @@ class RouterDeployment:
     def known(self) -> list[str]:
         return self.router.known
 
-    def default_policy(self) -> str:
-        return self.router.config.default_policy
-
     def status(self) -> dict[str, Any]:
         return {
             "policies": self.router.known,
@@ -70,6 +71,7 @@ class RouterDeployment:
             "source": self.source,
             "last_error": self.last_error,
             "ood_stats": self.ood is not None,
+            "models": self.router.model_check(),
             **self.router.rates(),
         }
 

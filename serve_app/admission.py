@@ -1,0 +1,202 @@
+"""Deadline-aware admission: refuse a request only when it cannot finish inside its deadline.
+
+The ingress keeps one `Admission` per replica. It knows the work already admitted and not yet
+answered (characters of note text: a fast-tier pass costs about in proportion to its length),
+how fast one fast-tier replica works (characters per compute-second, measured from the
+`elapsed_ms` the replicas report for their batches), and how many replicas are running or being
+started (polled from the Serve controller). A request is admitted when the work ahead of it plus
+its own would clear, at that capacity, before its deadline; replicas that are starting count
+only from the moment they are expected to be up, and only when that moment falls inside the
+deadline. So under a load the running replicas cannot meet in time, the queue still forms (the
+autoscaler sees it and adds replicas) as long as each admitted request can be answered in time;
+refusal is for load beyond that.
+
+Pure bookkeeping, no Ray: the ingress feeds it, tests drive it with their own clock.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AdmissionConfig(BaseModel):
+    """How the ingress admits work (see module docstring); the defaults suit a synchronous API."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_in_flight_per_replica: int = Field(
+        default=32,
+        ge=1,
+        description="Hard cap on notes in flight at one ingress replica, per fast-tier replica at max_replicas "
+        "(cap = this x max_replicas): a bound on memory whatever the deadlines say.",
+    )
+    replica_start_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="Seconds a starting fast-tier replica takes to answer (measured locally: 5-8 s); starting "
+        "replicas count as capacity only for deadlines longer than this.",
+    )
+    overhead_ms: float = Field(
+        default=150.0,
+        ge=0,
+        description="Fixed time per request outside the fast tier's compute (proxy, ingress, batching wait, "
+        "merge), added to every estimate.",
+    )
+    safety: float = Field(
+        default=1.2,
+        ge=1.0,
+        description="Multiplier on the estimated time to clear the queue (estimates lag a changing load; long "
+        "notes come in lumps).",
+    )
+    refusal_delay_ms: float = Field(
+        default=250.0,
+        ge=0,
+        le=450,
+        description="A refusal is answered after this long (the ingress awaits it, no CPU): a client that ignores "
+        "Retry-After and retries at once then asks at most a few times a second instead of spending the "
+        "cores on refusals. At most 450 ms, so a refusal still arrives within half a second.",
+    )
+    retry_after_s: int = Field(default=1, ge=1, le=60, description="Least `Retry-After` seconds sent with a 429.")
+    prior_speed_chars_per_s: float | None = Field(
+        default=5000.0,
+        gt=0,
+        description="Speed of one fast-tier replica assumed until the first pass is measured, so a burst on a "
+        "cold ingress is admitted by deadline too (one onnxruntime thread, default model: about 5,000-6,000 "
+        "chars/s measured here); None: admit up to the cap until measured.",
+    )
+    poll_interval_s: float = Field(
+        default=2.0, gt=0, le=60, description="How often the ingress asks the Serve controller for replica counts."
+    )
+    speed_halflife_s: float = Field(
+        default=20.0, gt=0, description="Half-life of the per-replica speed estimate (exponentially weighted)."
+    )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request was refused, and when to come back."""
+
+    reason: str  # `in_flight_cap` | `deadline` (metric label; never note text)
+    message: str
+    retry_after_s: int
+
+
+class Admission:
+    """Admitted work, measured replica speed, replica counts; `admit` decides."""
+
+    def __init__(self, cfg: AdmissionConfig, clock: Callable[[], float] = time.monotonic):
+        self.cfg = cfg
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.in_flight_notes = 0
+        self.in_flight_chars = 0
+        self.running_replicas = 1
+        self.starting_replicas = 0
+        self.max_replicas = 1
+        self._speed: float | None = cfg.prior_speed_chars_per_s  # chars/s of one replica, EWMA
+        self._measured = False
+        self._speed_at = 0.0
+
+    # -- what the ingress feeds in -------------------------------------------------------------
+
+    def set_replicas(self, running: int, starting: int, max_replicas: int) -> None:
+        """Replica counts of the fast tier, as the Serve controller reports them."""
+        with self._lock:
+            self.running_replicas = max(0, running)
+            self.starting_replicas = max(0, starting)
+            self.max_replicas = max(1, max_replicas, running + starting)
+
+    def record(self, chars: int, compute_ms: float) -> None:
+        """A fast-tier pass of `chars` characters took `compute_ms` of a replica's compute time."""
+        if compute_ms <= 0 or chars <= 0:
+            return
+        speed = chars / (compute_ms / 1000)
+        with self._lock:
+            now = self._clock()
+            if self._speed is None or not self._measured:  # the first measurement replaces the prior
+                self._speed, self._measured = speed, True
+            else:
+                # weight by the sample's own duration, so many short notes and one long note of the
+                # same total compute move the estimate the same
+                keep = math.exp(-math.log(2) * (compute_ms / 1000) / self.cfg.speed_halflife_s)
+                self._speed = keep * self._speed + (1 - keep) * speed
+            self._speed_at = now
+
+    @property
+    def speed(self) -> float | None:
+        """Characters per second one fast-tier replica clears (None until measured)."""
+        return self._speed
+
+    @property
+    def cap(self) -> int:
+        return self.cfg.max_in_flight_per_replica * self.max_replicas
+
+    # -- the decision --------------------------------------------------------------------------
+
+    def estimate_s(self, chars: int) -> float | None:
+        """Seconds until `chars` more characters, queued behind what is in flight, are answered at
+        the capacity running or starting (None while no speed has been measured)."""
+        with self._lock:
+            return self._estimate_locked(self.in_flight_chars + chars)
+
+    def _estimate_locked(self, work: int) -> float | None:
+        if self._speed is None:
+            return None
+        cfg = self.cfg
+        now_rate = self._speed * max(self.running_replicas, 0)
+        later_rate = now_rate + self._speed * self.starting_replicas
+        work_s = work * cfg.safety
+        if now_rate > 0 and work_s / now_rate <= cfg.replica_start_s:
+            t = work_s / now_rate
+        elif later_rate > 0:  # the starting replicas join after replica_start_s
+            done_before = now_rate * cfg.replica_start_s
+            t = cfg.replica_start_s + (work_s - done_before) / later_rate
+        else:
+            return math.inf
+        return t + cfg.overhead_ms / 1000
+
+    def admit(self, notes: int, chars: int, deadline_ms: float) -> Refusal | None:
+        """Take `notes` notes of `chars` characters in total, or say why not. On admission the
+        work counts as in flight until `release`."""
+        with self._lock:
+            if self.in_flight_notes + notes > self.cap:
+                retry = self.cfg.retry_after_s
+                return Refusal("in_flight_cap", "too many notes in flight; retry later", retry)
+            est = self._estimate_locked(self.in_flight_chars + chars)
+            # An idle service admits whatever it is asked: a single request's own length is its
+            # service time, and refusing it would help no one.
+            if est is not None and self.in_flight_notes > 0 and est * 1000 > deadline_ms:
+                retry = max(self.cfg.retry_after_s, min(60, math.ceil(est - deadline_ms / 1000)))
+                return Refusal(
+                    "deadline",
+                    f"the service cannot answer within the deadline ({deadline_ms:.0f} ms) at its current "
+                    f"capacity; retry later",
+                    retry,
+                )
+            self.in_flight_notes += notes
+            self.in_flight_chars += chars
+            return None
+
+    def release(self, notes: int, chars: int) -> None:
+        """Admitted work that has left the fast tier (answered, failed or cancelled)."""
+        with self._lock:
+            self.in_flight_notes = max(0, self.in_flight_notes - notes)
+            self.in_flight_chars = max(0, self.in_flight_chars - chars)
+
+    def snapshot(self) -> dict[str, float]:
+        """For /readyz and metrics."""
+        with self._lock:
+            return {
+                "in_flight_notes": float(self.in_flight_notes),
+                "in_flight_chars": float(self.in_flight_chars),
+                "replica_speed_chars_per_s": round(self._speed, 1) if self._speed is not None else -1.0,
+                "running_replicas": float(self.running_replicas),
+                "starting_replicas": float(self.starting_replicas),
+                "max_replicas": float(self.max_replicas),
+            }

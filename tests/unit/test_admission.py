@@ -1,0 +1,147 @@
+"""Deadline-aware admission (serve_app/admission.py): refuse only what cannot finish in time."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from serve_app.admission import Admission, AdmissionConfig
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _adm(**cfg: float | None) -> Admission:
+    base = {"overhead_ms": 0.0, "safety": 1.0, "replica_start_s": 10.0, "prior_speed_chars_per_s": None}
+    return Admission(AdmissionConfig(**{**base, **cfg}), clock=Clock())
+
+
+def test_idle_service_admits_anything_within_the_cap() -> None:
+    adm = _adm()
+    adm.record(1000, 1000.0)  # 1000 chars/s per replica
+    # 100,000 chars would take 100 s, yet on an idle service its own length is its service time.
+    assert adm.admit(1, 100_000, deadline_ms=1000) is None
+
+
+def test_before_any_measurement_only_the_cap_applies() -> None:
+    adm = _adm(max_in_flight_per_replica=3)
+    adm.set_replicas(running=1, starting=0, max_replicas=1)
+    for _ in range(3):
+        assert adm.admit(1, 10**6, deadline_ms=1) is None
+    refusal = adm.admit(1, 1, deadline_ms=10**6)
+    assert refusal is not None and refusal.reason == "in_flight_cap"
+
+
+def test_a_cold_ingress_uses_the_prior_speed_until_it_measures() -> None:
+    adm = _adm(prior_speed_chars_per_s=1000.0)
+    adm.set_replicas(running=1, starting=0, max_replicas=1)
+    assert adm.speed == 1000.0
+    assert adm.admit(1, 2000, deadline_ms=3000) is None
+    assert adm.admit(1, 2000, deadline_ms=3000) is not None  # 4 s at the prior: refused
+    adm.record(4000, 1000.0)  # measured: 4x faster; the first measurement replaces the prior
+    assert adm.speed == 4000.0
+    assert adm.admit(1, 2000, deadline_ms=3000) is None
+
+
+def test_refuses_exactly_when_the_queue_would_miss_the_deadline() -> None:
+    adm = _adm()
+    adm.record(1000, 1000.0)
+    adm.set_replicas(running=1, starting=0, max_replicas=2)
+    assert adm.admit(1, 2000, deadline_ms=5000) is None  # idle: admitted (2 s)
+    assert adm.admit(1, 2000, deadline_ms=5000) is None  # 4 s of work with it: fits 5 s
+    refusal = adm.admit(1, 2000, deadline_ms=5000)  # 6 s: does not fit
+    assert refusal is not None and refusal.reason == "deadline"
+    assert refusal.retry_after_s >= 1
+    # A longer deadline for the same work is admitted: the queue is allowed to form.
+    assert adm.admit(1, 2000, deadline_ms=7000) is None
+    assert adm.in_flight_notes == 3 and adm.in_flight_chars == 6000
+
+
+def test_a_second_running_replica_doubles_what_fits() -> None:
+    adm = _adm()
+    adm.record(1000, 1000.0)
+    adm.set_replicas(running=2, starting=0, max_replicas=2)
+    for _ in range(4):  # 8,000 chars at 2 x 1000 chars/s = 4 s
+        assert adm.admit(1, 2000, deadline_ms=4000) is None
+    assert adm.admit(1, 2000, deadline_ms=4000) is not None
+
+
+def test_starting_replicas_count_only_when_their_start_fits_the_deadline() -> None:
+    adm = _adm(replica_start_s=5.0)
+    adm.record(1000, 1000.0)
+    adm.set_replicas(running=1, starting=1, max_replicas=2)
+    assert adm.admit(1, 1000, deadline_ms=60_000) is None
+    # 20,000 more chars: one replica alone needs 21 s; with the second from t=5 s,
+    # 5,000 by then + 16,000 at 2,000/s = 13 s.
+    assert adm.estimate_s(20_000) == pytest.approx(13.0)
+    assert adm.admit(1, 20_000, deadline_ms=14_000) is None
+    # A deadline shorter than the start gets no help from the starting replica.
+    assert adm.admit(1, 4_000, deadline_ms=4_000) is not None
+
+
+def test_release_frees_the_queue_and_cap_scales_with_max_replicas() -> None:
+    adm = _adm(max_in_flight_per_replica=2)
+    adm.set_replicas(running=1, starting=0, max_replicas=3)
+    assert adm.cap == 6
+    for _ in range(6):
+        assert adm.admit(1, 10, deadline_ms=1000) is None
+    assert adm.admit(1, 10, deadline_ms=1000) is not None
+    adm.release(1, 10)
+    assert adm.admit(1, 10, deadline_ms=1000) is None
+    for _ in range(10):  # more releases than admissions never go negative
+        adm.release(1, 10)
+    assert adm.in_flight_notes == 0 and adm.in_flight_chars == 0
+
+
+def test_speed_follows_a_slower_replica() -> None:
+    adm = _adm(speed_halflife_s=1.0)
+    adm.record(1000, 1000.0)
+    for _ in range(20):  # the replica got twice as slow (a neighbour took half its core)
+        adm.record(500, 1000.0)
+    assert adm.speed is not None and adm.speed == pytest.approx(500, rel=0.01)
+    adm.record(0, 10.0)  # nothing to learn from empty or instant passes
+    adm.record(10, 0.0)
+    assert adm.speed == pytest.approx(500, rel=0.01)
+
+
+def test_safety_and_overhead_make_it_stricter() -> None:
+    loose, strict = _adm(), _adm(safety=2.0, overhead_ms=500.0)
+    for adm in (loose, strict):
+        adm.record(1000, 1000.0)
+        adm.admit(1, 1000, deadline_ms=10_000)
+    assert loose.admit(1, 1000, deadline_ms=2100) is None
+    assert strict.admit(1, 1000, deadline_ms=2100) is not None
+
+
+def test_concurrent_admissions_never_exceed_the_cap() -> None:
+    adm = _adm(max_in_flight_per_replica=50)
+    admitted: list[bool] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(100):
+            ok = adm.admit(1, 1, deadline_ms=1000) is None
+            with lock:
+                admitted.append(ok)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(admitted) == 50 and adm.in_flight_notes == 50
+
+
+def test_config_is_strict() -> None:
+    with pytest.raises(ValueError, match="max_in_flight_per_replica"):
+        AdmissionConfig(max_in_flight_per_replica=0)
+    with pytest.raises(ValueError, match="safety"):
+        AdmissionConfig(safety=0.5)
+    with pytest.raises(ValueError, match="typo"):
+        AdmissionConfig.model_validate({"typo": 1})
