@@ -63,7 +63,7 @@ from router.simulate import (
     simulate,
 )
 
-POLICIES = REPO_ROOT / "serve_app" / "configs" / "policies.default.yaml"
+POLICIES = REPO_ROOT / "serve_app" / "configs" / "policies.default.yaml"  # --policies replaces it
 UNLABELLED = REPO_ROOT.parent / "shared" / "data" / "mtsamples-unlabeled" / "notes.jsonl"
 TARGET_RATE = 0.2
 
@@ -232,7 +232,7 @@ def routing_overhead(analyses: list[Any], ood: OODStats | None, repeat: int) -> 
         return {f"p{q}_ms": round(float(np.percentile(v, q)), 4) for q in (50, 95, 99)}
 
     return {
-        "policies": str(POLICIES.relative_to(REPO_ROOT)),
+        "policies": str(POLICIES.relative_to(REPO_ROOT) if POLICIES.is_relative_to(REPO_ROOT) else POLICIES),
         "timed_calls": len(total),
         "per_note": pct(total),
         "compute_signals": pct(sig_ms),
@@ -630,8 +630,12 @@ def headline(
         "label": "default (cross-fitted)",
         "policy": "default",
         "notes": len(docs),
-        "f1": f1_summary(score_documents(docs, preds)),
-        "f1_simulated": simulated_row(docs, fast, llm_results, signals, routers, "default")["f1"],
+        # F1 from the folds' decisions applied to the fast tier's answers of the one 20-note pass
+        # (the other rows' fast answers) and the LLM tier's cached answers: a fold run analyses 10
+        # notes per batch, and int8 dynamic quantization makes the fast tier's answers depend a
+        # little on what else is in the batch, which is not the routing's doing
+        "f1": simulated_row(docs, fast, llm_results, signals, routers, "default")["f1"],
+        "f1_fold_runs": f1_summary(score_documents(docs, preds)),
         "escalated_sentence_share": round(sum(r["escalated_sentence_share"] * t for _, t, r in parts) / total, 4),
         "escalated_note_share": round(sum(r["escalated_note_share"] * len(h) for h, _, r in parts) / len(docs), 4),
         "llm_tokens": round(sum(r["llm_tokens"] for _, _, r in parts), 1),
@@ -640,7 +644,8 @@ def headline(
         "reasons": dict(sorted(reasons.items())),
         "fold_runs": [r for _, _, r in parts],
         "tables": tables,
-        "note": "each half of the dev notes run in process with a gain table fitted on the other half only",
+        "note": "each half of the dev notes run in process with a gain table fitted on the other half only; "
+        "escalation shares, tokens and wall time from those runs",
     }
     llm_only = {
         "label": "llm-only",
@@ -675,11 +680,14 @@ def headline(
         },
     }
     rows = [runs["fast-only"], runs["default"], cross, runs["calibrated"], llm_only, *oracle.values()]
-    base_f1, base_wall = runs["fast-only"]["f1"], runs["fast-only"]["wall_s_per_note"]
+    # the loss is measured against the fast tier's answers of the same pass the cross-fitted F1 uses
+    base_f1 = f1_summary(simulate(docs, fast, llm_results, {}, {n: s.sentences for n, s in signals.items()}))
+    base_wall = runs["fast-only"]["wall_s_per_note"]
     target = {
         "definition": "default loses <= 0.5 point of relaxed entity and relation F1 to fast-only and takes <= 1.5x "
         "its wall time (in process, same notes); measured with the cross-fitted default",
         "loss_points": {k: round(100 * (base_f1[k] - cross["f1"][k]), 2) for k in HEADLINE_KEYS},
+        "fast_only_f1_same_pass": base_f1,
         "wall_ratio": round(cross["wall_s_per_note"] / base_wall, 3) if base_wall else None,
         "shipped_default_wall_ratio": round(runs["default"]["wall_s_per_note"] / base_wall, 3) if base_wall else None,
     }
@@ -741,7 +749,9 @@ def plot_headline(rows: list[dict[str, Any]], tables: dict[str, Any], signal: st
         ax.set_xlabel(xlabel)
         ax.set_ylabel("F1 (o relaxed entities, s relaxed relations)")
         ax.set_ylim(0, 1.02)
-        ax.set_xscale("symlog")
+        if xkey == "llm_tokens":  # 0 for the policies that escalate nothing, ~1e5 for llm-only
+            ax.set_xscale("symlog", linthresh=1000)
+        ax.set_xlim(left=0)
         ax.legend(fontsize=7, loc="lower left")
     fig.suptitle("Quality vs cost on the dev notes: shipped policies, embedded LLM tier, perfect-LLM counterfactual")
     fig.tight_layout()
@@ -761,7 +771,10 @@ def plot_headline(rows: list[dict[str, Any]], tables: dict[str, Any], signal: st
         f"bucket of {signal} (riskiest first)" if SIGNALS[signal].riskier == "lower" else f"bucket of {signal}"
     )
     ax.set_ylabel("gain: change of F1 per unit share of sentences escalated")
-    ax.set_title("Gain of the LLM tier's answer over the fast tier's, per bucket (20 dev notes, +-1 se)", fontsize=9)
+    notes = next(iter(tables.values()))["notes"]
+    ax.set_title(
+        f"Gain of the LLM tier's answer over the fast tier's, per bucket ({notes} dev notes, +-1 se)", fontsize=9
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_dir / "gain_table.png", dpi=110)
@@ -881,7 +894,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--llm-wall-s", type=float, help="Wall time of the run that wrote --llm-pred (for the llm-only row)."
     )
     p.add_argument("--skip-ood", action="store_true", help="Skip the OOD probe (d).")
+    p.add_argument("--policies", help="Policy file for (b) and (e) (default: the shipped one).")
     args = p.parse_args(argv)
+    global POLICIES
+    if args.policies:
+        POLICIES = Path(args.policies).resolve()
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
