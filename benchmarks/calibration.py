@@ -4,8 +4,8 @@ The model card's dev notes (never trained on) are run once with calibration swit
 predicted span and emitted relation is labelled by strict match (same type, exact offsets; a
 relation is right when both arguments match a gold relation's). The calibrator is then measured
 on notes it was not fitted on, by 2-fold cross-fitting over the dev notes (fit on one half,
-calibrate the other, and the reverse); isotonic regression (what ships) and Platt scaling are
-compared. The shipped file's own in-sample numbers are listed too.
+calibrate the other, and the reverse); Platt scaling (what ships by default) and isotonic
+regression are compared. The shipped file's own in-sample numbers are listed too.
 
     python -m benchmarks.calibration [--model DIR] [--notes dev|unseen] [--output benchmarks/results/calibration.json]
 
@@ -27,7 +27,7 @@ import numpy as np
 from benchmarks.fast_tier import dev_documents
 from clinie.brat import Document, read_corpus
 from clinie.calibration import ConfidenceCalibration, Method, expected_calibration_error, reliability_bins
-from deployments.fast_tier.calibrate import FOLDS, CrossFit, collect_scores, cross_fit, pool
+from deployments.fast_tier.calibrate import DEFAULT_METHOD, FOLDS, CrossFit, collect_scores, cross_fit, pool
 from deployments.fast_tier.config import MANIFEST_NAME, ModelManifest
 from deployments.fast_tier.default import resolve_model_dir
 
@@ -123,16 +123,17 @@ def run(model_dir: Path, output: Path, which: str = "dev") -> dict[str, Any]:
     output.parent.mkdir(parents=True, exist_ok=True)
     for method in METHODS:
         fit = cross_fit(notes, method)
-        rows = {k: v.model_dump() for k, v in fit.report.items() if k != "span"}  # "spans" below has bins
+        rows = {k: v.model_dump() for k, v in fit.report.items()}
         for group, (raw, cal, y) in _groups(fit).items():
             rows[group] = {
+                "per_fold": fit.report["span" if group == "spans" else "relation"].per_fold,
                 "samples": len(raw),
                 "before": round(expected_calibration_error(raw, y), 4),
                 "after": round(expected_calibration_error(cal, y), 4),
                 "bins_before": _bins(raw, y),
                 "bins_after": _bins(cal, y),
             }
-            if method == "isotonic":
+            if method == DEFAULT_METHOD:
                 png = output.with_name(f"calibration_{group}.png")
                 title = f"{manifest.tag}: {group}, {len(notes)} {which} notes, {method} ({FOLDS}-fold held out)"
                 plot_reliability(png, title, raw, cal, y)
@@ -157,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     report = run(resolve_model_dir(args.model), Path(args.output), args.notes)
     table = [
-        f"{method:9s} {group:9s} n={row['samples']:5d}  ECE {row['before']:.3f} -> {row['after']:.3f}"
+        f"{method:9s} {group:9s} n={row['samples']:5d}  ECE {row['before']:.3f} -> {row['after']:.3f}  per fold: "
+        + ", ".join(f"{f['before']:.3f} -> {f['after']:.3f} (n={f['samples']:.0f})" for f in row.get("per_fold", []))
         for method, rows in report["held_out"].items()
         for group, row in rows.items()
         if group in ("spans", "relations", "entity", "modifier")

@@ -39,7 +39,11 @@ from clinie.calibration import (
 from deployments.fast_tier.config import CARD_NAME, EngineConfig
 
 log = logging.getLogger(__name__)
-DEFAULT_METHOD: Method = "isotonic"
+# Platt (temperature scaling with a bias) by default: on the default model's 20 dev notes it
+# generalised better than isotonic regression (held-out span ECE 0.029 vs 0.050, 2-fold
+# cross-fitting: each map fitted on ~1,200 spans); isotonic wins with thousands of notes' worth of
+# predictions (0.007 vs 0.026 over 88 notes of the tests' tiny model) and is one option away.
+DEFAULT_METHOD: Method = "platt"
 # Below this many predictions of a kind, a fitted map is noise: the kind keeps its raw score.
 MIN_SAMPLES = 30
 # Isotonic regression has as many free values as the data allows and overfits a few dozen samples
@@ -131,6 +135,7 @@ def cross_fit(notes: Sequence[NoteScores], method: Method = DEFAULT_METHOD, fold
     """Fit on all folds but one, calibrate the held-out fold, for each fold in turn."""
     out = CrossFit()
     parts = folds_of(notes, folds)
+    by_fold: dict[tuple[Kind, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for kind in KINDS:
         raws, cals, ys, per_fold = [], [], [], []
         for f, held in enumerate(parts):
@@ -140,6 +145,7 @@ def cross_fit(notes: Sequence[NoteScores], method: Method = DEFAULT_METHOD, fold
             if len(s_fit) < MIN_SAMPLES or not len(s_out):
                 continue
             cal = fit_map(s_fit, y_fit, method)(s_out)
+            by_fold[(kind, f)] = (s_out, cal, y_out)
             raws.append(s_out)
             cals.append(cal)
             ys.append(y_out)
@@ -168,10 +174,23 @@ def cross_fit(notes: Sequence[NoteScores], method: Method = DEFAULT_METHOD, fold
         raw = np.concatenate([out.raw["entity"], out.raw["modifier"]])
         cal = np.concatenate([out.calibrated["entity"], out.calibrated["modifier"]])
         y = np.concatenate([out.correct["entity"], out.correct["modifier"]])
+        span_folds = []
+        for f in range(len(parts)):
+            if ("entity", f) in by_fold and ("modifier", f) in by_fold:
+                pairs = zip(by_fold[("entity", f)], by_fold[("modifier", f)], strict=True)
+                r_f, c_f, y_f = (np.concatenate(z) for z in pairs)
+                span_folds.append(
+                    {
+                        "samples": float(len(r_f)),
+                        "before": round(expected_calibration_error(r_f, y_f), 4),
+                        "after": round(expected_calibration_error(c_f, y_f), 4),
+                    }
+                )
         out.report["span"] = HeldOutECE(
             samples=len(raw),
             before=round(expected_calibration_error(raw, y), 4),
             after=round(expected_calibration_error(cal, y), 4),
+            per_fold=span_folds,
         )
     return out
 

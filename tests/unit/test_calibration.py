@@ -171,7 +171,7 @@ def _notes(n_notes: int, per_note: int, seed: int = 3) -> list[NoteScores]:
 
 def test_fit_calibration_reports_held_out_ece_and_skips_thin_kinds():
     notes = _notes(20, 100)
-    cal = fit_calibration(notes, "t@v1", "synthetic")
+    cal = fit_calibration(notes, "t@v1", "synthetic", method="isotonic")
     rep = cal.fitted_on
     assert set(cal.maps) == {"entity", "modifier"}  # 20 relations < MIN_SAMPLES
     assert "relation" in rep.skipped and str(MIN_SAMPLES) in rep.skipped["relation"]
