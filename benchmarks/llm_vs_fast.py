@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, cast, get_args
 
 from benchmarks.fast_tier import dev_documents
@@ -32,6 +33,8 @@ from deployments.fast_tier.default import default_data_dir, resolve_model_dir
 from deployments.llm_tier.config import Decoding, LLMTierConfig
 from deployments.llm_tier.extract import EXACT_CONFIDENCE
 from serve_app.pipeline import Pipeline
+
+DECODING_REPORT = "benchmarks/results/llm_decoding.json"
 
 
 def run(pipeline: Pipeline, policy: str, docs: list, label: str) -> dict[str, Any]:
@@ -64,9 +67,9 @@ def split_dev_documents(data_dir: str | None) -> list[Document]:
 
 
 async def _decode_notes(
-    llm: LLMTierConfig, modes: list[str], docs: list[Document]
-) -> tuple[float, dict[str, list[NoteResult]], dict[str, list[float]]]:
-    from deployments.llm_tier.engine import LLMTier, open_llm_tier
+    llm: LLMTierConfig, modes: list[str], docs: list[Document], on_note: Callable[..., None]
+) -> tuple[float, dict[str, list[NoteResult | None]], dict[str, list[float]]]:
+    from deployments.llm_tier.engine import LLMTier, LLMTimeout, open_llm_tier
 
     t0 = time.perf_counter()
     engine, _ = open_llm_tier(llm)
@@ -77,32 +80,67 @@ async def _decode_notes(
         for tier in tiers.values():
             await tier.extract("warmup", "Patient denies chest pain.")  # first requests pay one-off set-up
         start_s = time.perf_counter() - t0
-        results: dict[str, list[NoteResult]] = {m: [] for m in modes}
+        results: dict[str, list[NoteResult | None]] = {m: [] for m in modes}
         seconds: dict[str, list[float]] = {m: [] for m in modes}
         for i, d in enumerate(docs):  # one note at a time, so each note's seconds are its own
             for m in modes if i % 2 == 0 else modes[::-1]:
                 t1 = time.perf_counter()
-                results[m].append(await tiers[m].extract(d.name, d.text))
+                try:
+                    results[m].append(await tiers[m].extract(d.name, d.text))
+                except LLMTimeout:
+                    results[m].append(None)
                 seconds[m].append(time.perf_counter() - t1)
+                print(f"  {d.name} {m}: {seconds[m][-1]:.1f} s", flush=True)
+            on_note(start_s, results, seconds)  # a long run killed half-way still leaves its numbers
         return start_s, results, seconds
     finally:
         engine.shutdown()
 
 
-def compare_decoding(llm: LLMTierConfig, modes: list[str], docs: list[Document]) -> dict[str, Any]:
-    """llm-only on `docs` under each decoding mode: drops by reason, F1, seconds per note."""
-    start_s, all_results, all_seconds = asyncio.run(_decode_notes(llm, modes, docs))
+def compare_decoding(
+    llm: LLMTierConfig, modes: list[str], docs: list[Document], output: str | None = None
+) -> dict[str, Any]:
+    """llm-only on `docs` under each decoding mode: drops by reason, F1, seconds per note (the report
+    is rewritten to `output` after every note)."""
+
+    def partial(start_s: float, results: dict[str, list[NoteResult | None]], seconds: dict[str, list[float]]) -> None:
+        if output:
+            done = docs[: len(seconds[modes[-1]])]
+            write_report({"partial": True, "dev_notes": [d.name for d in done],
+                          "decoding": _summary(modes, done, start_s, results, seconds)}, output)  # fmt: skip
+
+    start_s, all_results, all_seconds = asyncio.run(_decode_notes(llm, modes, docs, partial))
+    out = _summary(modes, docs, start_s, all_results, all_seconds)
+    for mode in modes:
+        print(f"{mode:12} {out[mode]['s_per_note']:6.2f} s/note  dropped {out[mode]['dropped']}  "
+              f"F1 {out[mode]['f1']}", flush=True)  # fmt: skip
+    return out
+
+
+def _summary(
+    modes: list[str],
+    docs: list[Document],
+    start_s: float,
+    all_results: dict[str, list[NoteResult | None]],
+    all_seconds: dict[str, list[float]],
+) -> dict[str, Any]:
     out: dict[str, Any] = {"engine_start_s": round(start_s, 1)}
     for mode in modes:
-        results, seconds = all_results[mode], all_seconds[mode]
+        answered, seconds = all_results[mode], all_seconds[mode]
+        results = [r for r in answered if r is not None]
         dropped: Counter[str] = Counter()
         for r in results:
             dropped.update({k.removeprefix("llm_dropped_"): int(v) for k, v in r.route.signals.items()
                             if k.startswith("llm_dropped_")})  # fmt: skip
-        preds = {d.name: document_from_result(d.name, d.text, r) for d, r in zip(docs, results, strict=True)}
+        preds = {
+            d.name: document_from_result(d.name, d.text, r)
+            for d, r in zip(docs, answered, strict=True)
+            if r is not None
+        }
         out[mode] = {
             "s_per_note": round(sum(seconds) / len(seconds), 2),
             "s_per_note_each": [round(x, 2) for x in seconds],
+            "timed_out": sum(r is None for r in answered),
             "entities": sum(len(r.entities) for r in results),
             "modifiers": sum(len(r.modifiers) for r in results),
             "relations": sum(len(r.relations) for r in results),
@@ -112,8 +150,6 @@ def compare_decoding(llm: LLMTierConfig, modes: list[str], docs: list[Document])
             "dropped": dict(sorted(dropped.items())),
             "f1": headline_f1(score_documents(docs, preds)),
         }
-        print(f"{mode:12} {out[mode]['s_per_note']:6.2f} s/note  dropped {out[mode]['dropped']}  "
-              f"F1 {out[mode]['f1']}", flush=True)  # fmt: skip
     return out
 
 
@@ -130,6 +166,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--notes dev notes of the split rule; needs no fast-tier model.",
     )
     p.add_argument("--data", help="With --decoding: the annotated corpus (default: the training notes).")
+    p.add_argument(
+        "--llm-timeout", type=float, default=600.0, help="With --decoding: deadline per note, seconds (a shared "
+        "CPU can take longer than the tier's 120 s default; a note past it is scored empty and counted)."
+    )  # fmt: skip
     args = p.parse_args(argv)
 
     if args.decoding:
@@ -138,12 +178,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not modes or any(m not in allowed for m in modes):
             p.error(f"--decoding takes a comma-separated list of {', '.join(allowed)}")
         docs = split_dev_documents(args.data)[: args.notes]
+        llm = LLMTierConfig(model=args.llm_model, request_timeout_s=args.llm_timeout)
         report = {
             "dev_notes": [d.name for d in docs],
-            "decoding": compare_decoding(LLMTierConfig(model=args.llm_model), modes, docs),
+            "llm_timeout_s": args.llm_timeout,
+            "decoding": compare_decoding(llm, modes, docs, args.output or DECODING_REPORT),
             "note": "seconds per note: notes one at a time on a started, warmed-up engine",
         }
-        write_report(report, args.output or "benchmarks/results/llm_decoding.json")
+        write_report(report, args.output or DECODING_REPORT)
         return report
 
     model_dir = resolve_model_dir(args.model)
