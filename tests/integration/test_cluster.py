@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from serve_app.cluster import label_resource
+
 pytestmark = pytest.mark.slow
 
 HTTP_PORT, GRPC_PORT = 18323, 19323
@@ -56,7 +58,7 @@ def cluster(tiny_model: Path, clinie_home: Path) -> Iterator[dict[str, Any]]:
 
     from deployments.llm_tier.default_model import ensure_default_llm
     from serve_app import local
-    from serve_app.cluster import CLUSTER_CONFIG, label_resource
+    from serve_app.cluster import CLUSTER_CONFIG
 
     os.environ["CLINIE_HOME"] = str(clinie_home)  # the nodes' workers inherit this environment
     ensure_default_llm()
@@ -110,7 +112,7 @@ def test_fast_tier_replicas_spread_over_nodes(cluster: dict[str, Any]) -> None:
     _wait(lambda: _fast().running == 2, 120, "two FastTier replicas running")
     per_node = _fast().per_node
     assert len(per_node) == 2 and set(per_node.values()) == {1}, per_node
-    assert set(per_node) <= set(cluster["node_ids"].values())  # the workers: the head's CPU is the Ingress's
+    assert set(per_node) <= {*cluster["node_ids"].values(), cluster["cluster"].head_node.node_id}
     status, body, _ = call("/v1/extract", {"text": NOTE, "policy": "fast-only"})
     assert status == 200 and body["entities"] is not None
 
@@ -141,10 +143,12 @@ def test_requests_keep_being_answered_while_a_worker_node_is_removed(cluster: di
             answers.append((status, headers))
 
     c, nodes = cluster["cluster"], cluster["nodes"]
+    hosting = set(_fast().per_node)
+    victim = next(name for name in ("cpu-worker", "gpu-worker") if cluster["node_ids"][name] in hosting)
     with cf.ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(client) for _ in range(4)]
         time.sleep(6)
-        c.remove_node(nodes["cpu-worker"])  # takes a FastTier replica (and that node's proxy) with it
+        c.remove_node(nodes[victim])  # takes a FastTier replica (and that node's proxy) with it
         for f in futures:
             f.result()
     codes = [s for s, _ in answers]
@@ -154,7 +158,8 @@ def test_requests_keep_being_answered_while_a_worker_node_is_removed(cluster: di
     assert codes.count(200) >= 0.9 * len(codes), tally
     _wait(lambda: call("/readyz")[0] == 200, 60, "ready again after losing a node")
 
-    c.add_node(num_cpus=2, resources={"clinie_cpu_worker": 1})  # capacity comes back
+    spec = {"num_gpus": 2} if victim == "gpu-worker" else {}
+    c.add_node(num_cpus=2, resources={label_resource(victim): 1}, **spec)  # capacity comes back
     _wait(lambda: _fast().running == 2, 180, "FastTier back at two replicas on the new node")
     assert len(_fast().per_node) == 2
     assert call("/v1/extract", {"text": NOTE, "policy": "fast-only"})[0] == 200
