@@ -71,10 +71,11 @@ class LoadLimits(BaseModel):
 
 
 # Model ids as results name them: the fast tier's `NAME@VERSION` (+ `+fp32` when not int8), the LLM
-# tier's served name or model folder name (hub ids may keep their `org/`), + `+lora:ADAPTER`.
+# tier's served name or model folder name (hub ids may keep their `org/`), + `+lora:ADAPTER`,
+# + `+free` under free decoding.
 FAST_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*@[A-Za-z0-9]+(\+[a-z0-9]+)?")
 LLM_MODEL_ID = re.compile(
-    r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?(\+lora:[A-Za-z0-9][A-Za-z0-9._-]*)?"
+    r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?(\+lora:[A-Za-z0-9][A-Za-z0-9._-]*)?(\+free)?"
 )
 
 

@@ -56,12 +56,16 @@ class LLMTierConfig(BaseModel):
     def model_id(self) -> str:
         """The id results name this LLM by (`models.llm`, `VLLMEngine.model_tag`), without starting
         it: `served_name`, else the model's folder name (the converted embedded default's when
-        `model` is empty), plus `+lora:ADAPTER`. Routers compare it with `calibrated_for.llm`."""
+        `model` is empty), plus `+lora:ADAPTER`, plus `+free` under free decoding (the same weights
+        answer differently without the grammar, so a gain measured one way must not be applied to
+        the other). Routers compare it with `calibrated_for.llm`."""
         from deployments.llm_tier.default_model import CONVERSION_VERSION, DEFAULT_LLM_NAME
 
         tag = self.served_name or (Path(self.model).name if self.model else f"{DEFAULT_LLM_NAME}-v{CONVERSION_VERSION}")
         if self.lora_adapter is not None:
             tag += f"+lora:{Path(self.lora_adapter).name}"
+        if self.decoding == "free":
+            tag += "+free"
         return tag
 
     @model_validator(mode="after")

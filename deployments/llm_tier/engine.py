@@ -74,9 +74,8 @@ class VLLMEngine:
         from vllm.config import StructuredOutputsConfig
 
         self.cfg = cfg
-        self.model_tag = cfg.served_name or Path(str(model_dir)).name
-        if cfg.lora_adapter is not None:
-            self.model_tag += f"+lora:{Path(cfg.lora_adapter).name}"
+        # One rule for the id results carry and the id routers compare (`calibrated_for.llm`).
+        self.model_tag = cfg.model_copy(update={"model": str(model_dir)}).model_id
         args = AsyncEngineArgs(
             model=str(model_dir),
             served_model_name=self.model_tag,

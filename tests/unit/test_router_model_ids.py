@@ -3,7 +3,6 @@ the in-process pipeline telling its router which models run."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -22,17 +21,16 @@ from router.config import CalibratedFor
         ({"model": "meta-llama/Meta-Llama-3-8B-Instruct"}, "Meta-Llama-3-8B-Instruct"),  # hub id: as vLLM's tag
         ({"model": "/m/llama", "served_name": "llama3-prod"}, "llama3-prod"),
         ({"lora_adapter": "/adapters/clinie-sft"}, f"{DEFAULT_LLM_NAME}-v{CONVERSION_VERSION}+lora:clinie-sft"),
+        # free decoding answers differently from the grammar-constrained default: another id
+        ({"decoding": "free"}, f"{DEFAULT_LLM_NAME}-v{CONVERSION_VERSION}+free"),
     ],
 )
 def test_llm_model_id_is_the_engines_tag_and_a_valid_calibrated_for_id(fields, expected):
     cfg = LLMTierConfig.model_validate(fields)
     assert cfg.model_id == expected
-    # the same rule VLLMEngine.model_tag applies to the folder it loads
+    # VLLMEngine.model_tag is this id of the folder it loads (the converted default's is the same)
     folder = cfg.model or f"/cache/models/{DEFAULT_LLM_NAME}-v{CONVERSION_VERSION}"
-    tag = cfg.served_name or Path(folder).name
-    if cfg.lora_adapter is not None:
-        tag += f"+lora:{Path(cfg.lora_adapter).name}"
-    assert cfg.model_id == tag
+    assert cfg.model_copy(update={"model": folder}).model_id == expected
     assert CalibratedFor(fast="clinie-fast@a9bed267db", llm=cfg.model_id).llm == expected
 
 
