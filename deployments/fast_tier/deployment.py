@@ -34,6 +34,9 @@ class FastTierDeployment:
     ):
         cfg = EngineConfig(model_dir=Path(model_dir), precision=precision, intra_op_threads=threads)  # type: ignore[arg-type]
         self.engine = FastTierEngine(cfg)
+        # One pass before serving: a replica's first ONNX runs are several times slower (memory
+        # arenas, kernels), and the ingress measures capacity from the passes it sees.
+        self.engine.analyze([(None, "Warm-up: patient denies chest pain; aspirin 81 mg daily.")])
         self.analyze_batch.set_max_batch_size(max_batch_size)
         self.analyze_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 

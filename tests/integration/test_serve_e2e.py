@@ -319,7 +319,7 @@ def test_fast_tier_scales_out_under_load_and_back(service: dict[str, Any]):
 
     def client() -> None:
         while time.time() < stop and not seen_two:
-            codes.append(call("/v1/extract", {"text": " ".join([NOTE] * 10), "policy": "fast-only"})[0])
+            codes.append(call("/v1/extract", {"text": " ".join([NOTE] * 20), "policy": "fast-only"})[0])
 
     with cf.ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(client) for _ in range(8)]
