@@ -14,7 +14,16 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from router.signals import NoteSignals
+from router.signals import SIGNALS, NoteSignals
+
+
+def check_sentence_signal(name: str) -> str:
+    """`name` if it is a per-sentence signal (what sentence-level policies compare); otherwise a
+    ValueError that lists the known ones (pydantic validators of policy configs call this)."""
+    if name not in SIGNALS or SIGNALS[name].scope != "sentence":
+        known = sorted(k for k, s in SIGNALS.items() if s.scope == "sentence")
+        raise ValueError(f"unknown sentence signal {name!r}; known: {', '.join(known)}")
+    return name
 
 
 class CostModel(BaseModel):

@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from router.budget import TokenBucket
-from router.policies.base import Decision, Policy, PolicyConfig, RouteContext, register
+from router.policies.base import Decision, Policy, PolicyConfig, RouteContext, check_sentence_signal, register
 from router.signals import SIGNALS
 
 
@@ -63,10 +63,7 @@ class ThresholdConfig(PolicyConfig):
     @field_validator("signal")
     @classmethod
     def _known_signal(cls, v: str) -> str:
-        if v not in SIGNALS or SIGNALS[v].scope != "sentence":
-            known = sorted(k for k, s in SIGNALS.items() if s.scope == "sentence")
-            raise ValueError(f"unknown sentence signal {v!r}; known: {', '.join(known)}")
-        return v
+        return check_sentence_signal(v)
 
 
 @register("threshold")

@@ -28,8 +28,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from router.policies.base import Decision, Policy, PolicyConfig, RouteContext, register
-from router.signals import SIGNALS
+from router.policies.base import Decision, Policy, PolicyConfig, RouteContext, check_sentence_signal, register
 
 # The F1s a gain can be measured in (`router.simulate.F1_KEYS`; repeated here because the
 # simulation imports the policies).
@@ -85,10 +84,7 @@ class GainConfig(PolicyConfig):
     @field_validator("signal")
     @classmethod
     def _known_signal(cls, v: str) -> str:
-        if v not in SIGNALS or SIGNALS[v].scope != "sentence":
-            known = sorted(k for k, s in SIGNALS.items() if s.scope == "sentence")
-            raise ValueError(f"unknown sentence signal {v!r}; known: {', '.join(known)}")
-        return v
+        return check_sentence_signal(v)
 
     @field_validator("metrics")
     @classmethod
