@@ -69,14 +69,18 @@ def deploy(cfg: AppConfig, raw: dict[str, Any], timeout_s: float = 120.0) -> Non
     _get_global_client().deploy_apps(schema)
     name = app["name"]
     t0 = time.perf_counter()
+    last = ""
     while time.perf_counter() - t0 < timeout_s:
         status = serve.status().applications.get(name)
         if status is not None and status.status == "RUNNING":
             return
-        if status is not None and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+        if status is not None and status.status == "DEPLOY_FAILED":
             raise RuntimeError(f"application {name} failed to deploy: {status.message[:2000]}")
+        # UNHEALTHY can be passing: a replica that died is being replaced while the update
+        # applies. Wait for it like for DEPLOYING; say what it was if it never recovers.
+        last = status.message[:2000] if status is not None else ""
         time.sleep(0.5)
-    raise TimeoutError(f"application {name} was not running within {timeout_s:.0f} s")
+    raise TimeoutError(f"application {name} was not running within {timeout_s:.0f} s: {last}")
 
 
 def start(

@@ -361,11 +361,17 @@ def test_fast_tier_replica_killed_under_load(service: dict[str, Any]):
     codes = [s for s, _ in answers]
     assert codes.count(200) > 0 and set(codes) <= {200, 503}, {c: codes.count(c) for c in set(codes)}
     assert all(h.get("retry-after") for s, h in answers if s == 503)
-    local_wait = time.time()
-    while call("/readyz")[0] != 200 and time.time() - local_wait < 60:
+    t0 = time.time()
+    while call("/readyz")[0] != 200 and time.time() - t0 < 60:
         time.sleep(1)
     assert call("/readyz")[0] == 200
     assert call("/v1/extract", {"text": NOTE, "policy": "fast-only"})[0] == 200
+    # and the controller has replaced the lost replica: the application is RUNNING again
+    from ray import serve
+
+    while serve.status().applications["clinie"].status != "RUNNING" and time.time() - t0 < 90:
+        time.sleep(1)
+    assert serve.status().applications["clinie"].status == "RUNNING"
 
 
 def test_note_text_never_reaches_logs_or_metrics(service: dict[str, Any]):
