@@ -405,7 +405,8 @@ class Ingress:
                 checked.append(exc)
         valid = [v for v in checked if isinstance(v, str)]
         deadline = self._deadline(req.deadline_ms)
-        await self._admit(len(valid), sum(len(v) for v in valid), deadline)
+        if valid:  # a batch of only bad notes gets its error slots, busy or not
+            await self._admit(len(valid), sum(len(v) for v in valid), deadline)
 
         async def slot(n: BatchNote, v: str | ApiError) -> NoteResult | NoteError:
             try:
