@@ -51,9 +51,23 @@ class AdmissionConfig(BaseModel):
     safety: float = Field(
         default=1.5,
         ge=1.0,
-        description="Multiplier on the estimated time to clear the queue: the measured speed is compute time "
-        "only, while at saturation the proxy, the ingress and (de)serialization share the same cores "
+        description="Least multiplier on the estimated time to clear the queue: the measured speed is compute "
+        "time only, while at saturation the proxy, the ingress and (de)serialization share the same cores "
         "(measured: at 1.2, 48 clients with a 3 s deadline got a 504 for 4% of requests).",
+    )
+    tail_margin: float = Field(
+        default=1.3,
+        ge=1.0,
+        le=5.0,
+        description="The measured slowdown is a mean; the multiplier used is max(safety, tail_margin x slowdown) so "
+        "that most requests, not the average one, finish inside their deadline.",
+    )
+    slowdown_alpha: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="Weight of each finished request in the running slowdown (actual / predicted time): 0.2 follows "
+        "a change in load within about ten requests.",
     )
     refusal_delay_ms: float = Field(
         default=250.0,
@@ -77,6 +91,17 @@ class AdmissionConfig(BaseModel):
     speed_halflife_s: float = Field(
         default=20.0, gt=0, description="Half-life of the per-replica speed estimate (exponentially weighted)."
     )
+
+
+@dataclass
+class Ticket:
+    """An admitted request: when it was admitted and how long it was predicted to take to leave the
+    fast tier (None before any speed was measured); `Admission.done` closes it per note."""
+
+    notes: int
+    started: float
+    predicted_s: float | None
+    latest: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +129,7 @@ class Admission:
         # (measured: a new replica's first pass is several times slower) does not replace it
         self._speed: float | None = cfg.prior_speed_chars_per_s
         self._speed_at = 0.0
+        self._slowdown = 1.0  # actual / predicted time to leave the fast tier, running mean
 
     # -- what the ingress feeds in -------------------------------------------------------------
 
@@ -148,29 +174,39 @@ class Admission:
             return self._estimate_locked(self.in_flight_chars + chars)
 
     def _estimate_locked(self, work: int) -> float | None:
+        raw = self._raw_estimate_locked(work)
+        if raw is None:
+            return None
+        return raw * self._multiplier_locked()
+
+    def _multiplier_locked(self) -> float:
+        return max(self.cfg.safety, self.cfg.tail_margin * self._slowdown)
+
+    def _raw_estimate_locked(self, work: int) -> float | None:
+        """The time to clear `work` characters at the measured speed, without any margin."""
         if self._speed is None:
             return None
         cfg = self.cfg
         now_rate = self._speed * max(self.running_replicas, 0)
         later_rate = now_rate + self._speed * self.starting_replicas
-        work_s = work * cfg.safety
-        if now_rate > 0 and work_s / now_rate <= cfg.replica_start_s:
-            t = work_s / now_rate
+        if now_rate > 0 and work / now_rate <= cfg.replica_start_s:
+            t = work / now_rate
         elif later_rate > 0:  # the starting replicas join after replica_start_s
             done_before = now_rate * cfg.replica_start_s
-            t = cfg.replica_start_s + (work_s - done_before) / later_rate
+            t = cfg.replica_start_s + (work - done_before) / later_rate
         else:
             return math.inf
         return t + cfg.overhead_ms / 1000
 
-    def admit(self, notes: int, chars: int, deadline_ms: float) -> Refusal | None:
-        """Take `notes` notes of `chars` characters in total, or say why not. On admission the
-        work counts as in flight until `release`."""
+    def admit(self, notes: int, chars: int, deadline_ms: float) -> Ticket | Refusal:
+        """Take `notes` notes of `chars` characters in total (a `Ticket`), or say why not (a
+        `Refusal`). On admission the work counts as in flight until `release`."""
         with self._lock:
             if self.in_flight_notes + notes > self.cap:
                 retry = self.cfg.retry_after_s
                 return Refusal("in_flight_cap", "too many notes in flight; retry later", retry)
-            est = self._estimate_locked(self.in_flight_chars + chars)
+            raw = self._raw_estimate_locked(self.in_flight_chars + chars)
+            est = None if raw is None else raw * self._multiplier_locked()
             # An idle service admits whatever it is asked: a single request's own length is its
             # service time, and refusing it would help no one.
             if est is not None and self.in_flight_notes > 0 and est * 1000 > deadline_ms:
@@ -183,7 +219,26 @@ class Admission:
                 )
             self.in_flight_notes += notes
             self.in_flight_chars += chars
-            return None
+            return Ticket(notes=notes, started=self._clock(), predicted_s=raw if raw != math.inf else None)
+
+    def done(self, ticket: Ticket) -> None:
+        """One note of an admitted request has left the fast tier (answered or not). When its last
+        note has, the request's actual time against its prediction updates the slowdown."""
+        with self._lock:
+            now = self._clock()
+            ticket.latest = max(ticket.latest, now)
+            ticket.notes -= 1
+            if ticket.notes != 0 or ticket.predicted_s is None or ticket.predicted_s <= 0:
+                return
+            # clamped: one request stuck behind a dying replica must not shut admission for minutes
+            ratio = min(10.0, max(0.25, (ticket.latest - ticket.started) / ticket.predicted_s))
+            a = self.cfg.slowdown_alpha
+            self._slowdown = (1 - a) * self._slowdown + a * ratio
+
+    @property
+    def slowdown(self) -> float:
+        """Running mean of actual / predicted time to leave the fast tier (1.0 until measured)."""
+        return self._slowdown
 
     def release(self, notes: int, chars: int) -> None:
         """Admitted work that has left the fast tier (answered, failed or cancelled)."""
@@ -201,4 +256,5 @@ class Admission:
                 "running_replicas": float(self.running_replicas),
                 "starting_replicas": float(self.starting_replicas),
                 "max_replicas": float(self.max_replicas),
+                "slowdown": round(self._slowdown, 3),
             }

@@ -37,7 +37,7 @@ from deployments.llm_tier.engine import LLMTimeout, LLMUnavailable
 from router import LoadState, UnknownPolicy
 from router.host import RouterHost
 from router.policies import Decision
-from serve_app.admission import Admission
+from serve_app.admission import Admission, Refusal, Ticket
 from serve_app.config import MAX_DEADLINE_MS, AppConfig
 from serve_app.grpc_service import InvalidRequest
 from serve_app.metrics import Metrics
@@ -318,7 +318,7 @@ class Ingress:
     def _deadline(self, requested: float | None) -> float:
         return requested if requested is not None else self.cfg.default_deadline_ms
 
-    async def _admit(self, notes: int, chars: int, deadline_ms: float) -> None:
+    async def _admit(self, notes: int, chars: int, deadline_ms: float) -> Ticket:
         """Refuse, before any model work, a request that cannot finish inside its deadline (see
         serve_app/admission.py); otherwise its work counts as in flight until released.
 
@@ -326,12 +326,13 @@ class Ingress:
         client that ignores `Retry-After` and asks again at once would otherwise spend the cores
         the admitted requests need on a storm of refusals. Waiting costs this replica nothing."""
         self._start_poller()
-        refusal = self.admission.admit(notes, chars, deadline_ms)
-        if refusal is not None:
-            self.metrics.rejected.labels(refusal.reason).inc()
+        decision = self.admission.admit(notes, chars, deadline_ms)
+        if isinstance(decision, Refusal):
+            self.metrics.rejected.labels(decision.reason).inc()
             await asyncio.sleep(self.cfg.admission.refusal_delay_ms / 1000)
-            raise ApiError(429, "overloaded", refusal.message, refusal.retry_after_s)
+            raise ApiError(429, "overloaded", decision.message, decision.retry_after_s)
         self.metrics.in_flight.labels("bert").set(self.admission.in_flight_notes)
+        return decision
 
     def _validate(self, text: object) -> str:
         """The note's text, or an ApiError (413 for a note over the limit, 400 otherwise)."""
@@ -361,13 +362,14 @@ class Ingress:
         raise ApiError(503, "unavailable", "the fast tier lost its replica; retry", 1)
 
     async def _one(
-        self, note_id: str | None, valid: str, policy: str | None, deadline_ms: float, t0: float
+        self, note_id: str | None, valid: str, policy: str | None, deadline_ms: float, t0: float, ticket: Ticket
     ) -> NoteResult:
         """One validated, admitted note; raises ApiError for what fails the whole note."""
         remaining_s = deadline_ms / 1000 - (time.perf_counter() - t0)
         try:
             analysis = await self._fast_pass(note_id, valid, remaining_s)
         finally:
+            self.admission.done(ticket)  # measured against its prediction, answered or not
             self.admission.release(1, len(valid))
             self.metrics.in_flight.labels("bert").set(self.admission.in_flight_notes)
         self.admission.record(len(valid), analysis.elapsed_ms)
@@ -385,8 +387,8 @@ class Ingress:
         self._check_policy(req.policy)
         valid = self._validate(req.text)  # bad input is a 4xx even when the service is busy
         deadline = self._deadline(req.deadline_ms)
-        await self._admit(1, len(valid), deadline)
-        return await self._one(req.note_id, valid, req.policy, deadline, t0)
+        ticket = await self._admit(1, len(valid), deadline)
+        return await self._one(req.note_id, valid, req.policy, deadline, t0, ticket)
 
     async def _extract_batch(self, req: ExtractBatchRequest) -> list[NoteResult | NoteError]:
         t0 = time.perf_counter()
@@ -405,14 +407,15 @@ class Ingress:
                 checked.append(exc)
         valid = [v for v in checked if isinstance(v, str)]
         deadline = self._deadline(req.deadline_ms)
-        if valid:  # a batch of only bad notes gets its error slots, busy or not
-            await self._admit(len(valid), sum(len(v) for v in valid), deadline)
+        # a batch of only bad notes gets its error slots, busy or not
+        ticket = await self._admit(len(valid), sum(len(v) for v in valid), deadline) if valid else None
 
         async def slot(n: BatchNote, v: str | ApiError) -> NoteResult | NoteError:
             try:
                 if isinstance(v, ApiError):
                     raise v
-                return await self._one(n.note_id, v, req.policy, deadline, t0)
+                assert ticket is not None  # a valid note means the batch was admitted
+                return await self._one(n.note_id, v, req.policy, deadline, t0, ticket)
             except ApiError as exc:
                 self.metrics.note_errors.labels(exc.code).inc()
                 return NoteError(note_id=n.note_id, error=ErrorBody(code=exc.code, message=exc.message))

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from serve_app.admission import Admission, AdmissionConfig
+from serve_app.admission import Admission, AdmissionConfig, Refusal, Ticket
 
 
 class Clock:
@@ -18,7 +18,13 @@ class Clock:
 
 
 def _adm(**cfg: float | None) -> Admission:
-    base = {"overhead_ms": 0.0, "safety": 1.0, "replica_start_s": 10.0, "prior_speed_chars_per_s": None}
+    base = {
+        "overhead_ms": 0.0,
+        "safety": 1.0,
+        "tail_margin": 1.0,
+        "replica_start_s": 10.0,
+        "prior_speed_chars_per_s": None,
+    }
     return Admission(AdmissionConfig(**{**base, **cfg}), clock=Clock())
 
 
@@ -26,43 +32,43 @@ def test_idle_service_admits_anything_within_the_cap() -> None:
     adm = _adm()
     adm.record(1000, 1000.0)  # 1000 chars/s per replica
     # 100,000 chars would take 100 s, yet on an idle service its own length is its service time.
-    assert adm.admit(1, 100_000, deadline_ms=1000) is None
+    assert isinstance(adm.admit(1, 100_000, deadline_ms=1000), Ticket)
 
 
 def test_before_any_measurement_only_the_cap_applies() -> None:
     adm = _adm(max_in_flight_per_replica=3)
     adm.set_replicas(running=1, starting=0, max_replicas=1)
     for _ in range(3):
-        assert adm.admit(1, 10**6, deadline_ms=1) is None
+        assert isinstance(adm.admit(1, 10**6, deadline_ms=1), Ticket)
     refusal = adm.admit(1, 1, deadline_ms=10**6)
-    assert refusal is not None and refusal.reason == "in_flight_cap"
+    assert isinstance(refusal, Refusal) and refusal.reason == "in_flight_cap"
 
 
 def test_a_cold_ingress_starts_from_the_prior_speed() -> None:
     adm = _adm(prior_speed_chars_per_s=1000.0, speed_halflife_s=1.0)
     adm.set_replicas(running=1, starting=0, max_replicas=1)
     assert adm.speed == 1000.0
-    assert adm.admit(1, 2000, deadline_ms=3000) is None
-    assert adm.admit(1, 2000, deadline_ms=3000) is not None  # 4 s at the prior: refused
+    assert isinstance(adm.admit(1, 2000, deadline_ms=3000), Ticket)
+    assert isinstance(adm.admit(1, 2000, deadline_ms=3000), Refusal)  # 4 s at the prior: refused
     adm.record(100, 1000.0)  # one cold first pass, 10x slower, moves the estimate only part way
     assert adm.speed is not None and 100 < adm.speed < 1000
     for _ in range(10):  # sustained measurements win
         adm.record(4000, 1000.0)
     assert adm.speed == pytest.approx(4000, rel=0.01)
-    assert adm.admit(1, 2000, deadline_ms=3000) is None
+    assert isinstance(adm.admit(1, 2000, deadline_ms=3000), Ticket)
 
 
 def test_refuses_exactly_when_the_queue_would_miss_the_deadline() -> None:
     adm = _adm()
     adm.record(1000, 1000.0)
     adm.set_replicas(running=1, starting=0, max_replicas=2)
-    assert adm.admit(1, 2000, deadline_ms=5000) is None  # idle: admitted (2 s)
-    assert adm.admit(1, 2000, deadline_ms=5000) is None  # 4 s of work with it: fits 5 s
+    assert isinstance(adm.admit(1, 2000, deadline_ms=5000), Ticket)  # idle: admitted (2 s)
+    assert isinstance(adm.admit(1, 2000, deadline_ms=5000), Ticket)  # 4 s of work with it: fits 5 s
     refusal = adm.admit(1, 2000, deadline_ms=5000)  # 6 s: does not fit
-    assert refusal is not None and refusal.reason == "deadline"
+    assert isinstance(refusal, Refusal) and refusal.reason == "deadline"
     assert refusal.retry_after_s >= 1
     # A longer deadline for the same work is admitted: the queue is allowed to form.
-    assert adm.admit(1, 2000, deadline_ms=7000) is None
+    assert isinstance(adm.admit(1, 2000, deadline_ms=7000), Ticket)
     assert adm.in_flight_notes == 3 and adm.in_flight_chars == 6000
 
 
@@ -71,21 +77,21 @@ def test_a_second_running_replica_doubles_what_fits() -> None:
     adm.record(1000, 1000.0)
     adm.set_replicas(running=2, starting=0, max_replicas=2)
     for _ in range(4):  # 8,000 chars at 2 x 1000 chars/s = 4 s
-        assert adm.admit(1, 2000, deadline_ms=4000) is None
-    assert adm.admit(1, 2000, deadline_ms=4000) is not None
+        assert isinstance(adm.admit(1, 2000, deadline_ms=4000), Ticket)
+    assert isinstance(adm.admit(1, 2000, deadline_ms=4000), Refusal)
 
 
 def test_starting_replicas_count_only_when_their_start_fits_the_deadline() -> None:
     adm = _adm(replica_start_s=5.0)
     adm.record(1000, 1000.0)
     adm.set_replicas(running=1, starting=1, max_replicas=2)
-    assert adm.admit(1, 1000, deadline_ms=60_000) is None
+    assert isinstance(adm.admit(1, 1000, deadline_ms=60_000), Ticket)
     # 20,000 more chars: one replica alone needs 21 s; with the second from t=5 s,
     # 5,000 by then + 16,000 at 2,000/s = 13 s.
     assert adm.estimate_s(20_000) == pytest.approx(13.0)
-    assert adm.admit(1, 20_000, deadline_ms=14_000) is None
+    assert isinstance(adm.admit(1, 20_000, deadline_ms=14_000), Ticket)
     # A deadline shorter than the start gets no help from the starting replica.
-    assert adm.admit(1, 4_000, deadline_ms=4_000) is not None
+    assert isinstance(adm.admit(1, 4_000, deadline_ms=4_000), Refusal)
 
 
 def test_release_frees_the_queue_and_cap_scales_with_max_replicas() -> None:
@@ -93,10 +99,10 @@ def test_release_frees_the_queue_and_cap_scales_with_max_replicas() -> None:
     adm.set_replicas(running=1, starting=0, max_replicas=3)
     assert adm.cap == 6
     for _ in range(6):
-        assert adm.admit(1, 10, deadline_ms=1000) is None
-    assert adm.admit(1, 10, deadline_ms=1000) is not None
+        assert isinstance(adm.admit(1, 10, deadline_ms=1000), Ticket)
+    assert isinstance(adm.admit(1, 10, deadline_ms=1000), Refusal)
     adm.release(1, 10)
-    assert adm.admit(1, 10, deadline_ms=1000) is None
+    assert isinstance(adm.admit(1, 10, deadline_ms=1000), Ticket)
     for _ in range(10):  # more releases than admissions never go negative
         adm.release(1, 10)
     assert adm.in_flight_notes == 0 and adm.in_flight_chars == 0
@@ -118,8 +124,74 @@ def test_safety_and_overhead_make_it_stricter() -> None:
     for adm in (loose, strict):
         adm.record(1000, 1000.0)
         adm.admit(1, 1000, deadline_ms=10_000)
-    assert loose.admit(1, 1000, deadline_ms=2100) is None
-    assert strict.admit(1, 1000, deadline_ms=2100) is not None
+    assert isinstance(loose.admit(1, 1000, deadline_ms=2100), Ticket)
+    assert isinstance(strict.admit(1, 1000, deadline_ms=2100), Refusal)
+
+
+def test_requests_slower_than_predicted_tighten_admission_and_recover() -> None:
+    clock = Clock()
+    adm = Admission(
+        AdmissionConfig(
+            overhead_ms=0.0, safety=1.0, tail_margin=1.0, prior_speed_chars_per_s=1000.0, slowdown_alpha=0.5
+        ),
+        clock=clock,
+    )
+    adm.set_replicas(running=1, starting=0, max_replicas=1)
+    first = adm.admit(1, 1000, deadline_ms=10_000)
+    assert isinstance(first, Ticket) and first.predicted_s == pytest.approx(1.0)
+    # 2,000 more chars queued behind 1,000: 3 s predicted, fits a 3.5 s deadline
+    assert isinstance(adm.admit(1, 2000, deadline_ms=3500), Ticket)
+    adm.release(2, 3000)
+    # the CPU is shared with the proxy and the clients: requests take 3x what compute predicts
+    for _ in range(8):
+        t = adm.admit(1, 1000, deadline_ms=10_000)
+        assert isinstance(t, Ticket)
+        clock.t += 3.0 * (t.predicted_s or 0)
+        adm.done(t)
+        adm.release(1, 1000)
+    assert adm.slowdown == pytest.approx(3.0, rel=0.02)
+    held = adm.admit(1, 1000, deadline_ms=10_000)
+    assert isinstance(held, Ticket)
+    # the same 2,000 chars behind it now refused: about 9 s, not 3
+    refusal = adm.admit(1, 2000, deadline_ms=3500)
+    assert isinstance(refusal, Refusal) and refusal.reason == "deadline"
+    adm.done(held)  # finished at once: predicted 1 s, took 0 -> clamped ratio, the slowdown falls
+    adm.release(1, 1000)
+    for _ in range(8):  # contention gone: requests take what was predicted
+        t = adm.admit(1, 1000, deadline_ms=10_000)
+        assert isinstance(t, Ticket)
+        clock.t += t.predicted_s or 0
+        adm.done(t)
+        adm.release(1, 1000)
+    assert adm.slowdown == pytest.approx(1.0, abs=0.05)
+    assert isinstance(adm.admit(1, 1000, deadline_ms=10_000), Ticket)
+    assert isinstance(adm.admit(1, 2000, deadline_ms=3500), Ticket)
+
+
+def test_a_batch_counts_when_its_last_note_leaves() -> None:
+    clock = Clock()
+    adm = Admission(AdmissionConfig(overhead_ms=0.0, prior_speed_chars_per_s=1000.0, slowdown_alpha=1.0), clock=clock)
+    t = adm.admit(3, 3000, deadline_ms=60_000)
+    assert isinstance(t, Ticket) and t.predicted_s == pytest.approx(3.0)
+    clock.t = 1.0
+    adm.done(t)
+    clock.t = 2.0
+    adm.done(t)
+    assert adm.slowdown == 1.0  # not yet: two of three notes
+    clock.t = 6.0
+    adm.done(t)
+    assert adm.slowdown == pytest.approx(2.0)
+    assert adm.snapshot()["slowdown"] == pytest.approx(2.0)
+
+
+def test_one_stuck_request_cannot_close_admission() -> None:
+    clock = Clock()
+    adm = Admission(AdmissionConfig(overhead_ms=0.0, prior_speed_chars_per_s=1000.0, slowdown_alpha=1.0), clock=clock)
+    t = adm.admit(1, 1000, deadline_ms=300_000)
+    assert isinstance(t, Ticket)
+    clock.t = 280.0  # a replica died under it
+    adm.done(t)
+    assert adm.slowdown == 10.0
 
 
 def test_concurrent_admissions_never_exceed_the_cap() -> None:
@@ -129,7 +201,7 @@ def test_concurrent_admissions_never_exceed_the_cap() -> None:
 
     def worker() -> None:
         for _ in range(100):
-            ok = adm.admit(1, 1, deadline_ms=1000) is None
+            ok = isinstance(adm.admit(1, 1, deadline_ms=1000), Ticket)
             with lock:
                 admitted.append(ok)
 
@@ -146,5 +218,9 @@ def test_config_is_strict() -> None:
         AdmissionConfig(max_in_flight_per_replica=0)
     with pytest.raises(ValueError, match="safety"):
         AdmissionConfig(safety=0.5)
+    with pytest.raises(ValueError, match="tail_margin"):
+        AdmissionConfig(tail_margin=0.9)
+    with pytest.raises(ValueError, match="slowdown_alpha"):
+        AdmissionConfig(slowdown_alpha=0)
     with pytest.raises(ValueError, match="typo"):
         AdmissionConfig.model_validate({"typo": 1})
