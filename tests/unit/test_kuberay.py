@@ -279,3 +279,15 @@ def test_dockerfile_builds_the_named_image_from_the_lock_as_non_root() -> None:
         if line.startswith("COPY ") and "--from=" not in line:
             for src in line.split()[1:-1]:
                 assert (REPO_ROOT / src).exists(), src
+
+
+def test_rules_the_operator_checks_beyond_the_crd(manifest: dict[str, Any]) -> None:
+    """KubeRay's own validation (its webhook / reconciler, not the CRD schema): group names unique,
+    minReplicas <= replicas <= maxReplicas, an upgrade strategy it knows, a head container."""
+    groups = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    names = [g["groupName"] for g in groups]
+    assert len(names) == len(set(names)) and set(names) == {"cpu", "gpu"}
+    for g in groups:
+        assert 0 <= g["minReplicas"] <= g.get("replicas", 0) <= g["maxReplicas"], g["groupName"]
+    assert manifest["spec"]["upgradeStrategy"]["type"] in {"NewCluster", "NewClusterWithIncrementalUpgrade", "None"}
+    assert _container(manifest["spec"]["rayClusterConfig"]["headGroupSpec"])["name"] == "ray-head"
