@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run example test lint bench-fast bench-router bench-load clean-venv
+.PHONY: setup run example test lint browser bench-fast bench-router bench-load clean-venv
 
 setup: $(STAMP)
 
@@ -32,8 +32,17 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: setup lint
+test: setup lint browser
 	$(BIN)/python -m pytest
+
+# Debian's chromium for the web-viewer test (Playwright drives it; its own browser download cannot
+# reach its host here). Without root or apt the test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { echo "installing chromium (apt-get) for the web-viewer test"; \
+	    { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; } || \
+	    echo "could not install chromium: the web-viewer test will skip"; }
 
 bench-fast: setup
 	$(BIN)/python -m benchmarks.fast_tier

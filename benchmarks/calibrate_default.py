@@ -3,14 +3,15 @@
     python -m benchmarks.calibrate_default [--llm-pred FILE] [--output serve_app/configs/policies.default.yaml]
 
 1. The default fast tier's 20 dev notes (its model card's dev list) are written as a brat folder.
-2. The embedded LLM tier's llm-only answers on them: `--llm-pred`, else the cached
-   `benchmarks/results/llm_dev_predictions.jsonl`, else one in-process run (minutes on CPU) that
-   writes that cache (the same step as `python -m benchmarks.router_eval`).
+2. The embedded LLM tier's llm-only answers on them: `--llm-pred`, else the committed
+   `benchmarks/data/llm_dev_predictions.jsonl` (kept in git so the shipped calibration is re-derived
+   in a minute; delete it to re-measure), else one in-process run (about half an hour on 2 CPU cores)
+   that writes it (the same step as `python -m benchmarks.router_eval`).
 3. `clinie calibrate --gold DEV --target-rate 0.2 --llm-pred PRED -o OUTPUT`: `calibrated` (the
    uncertainty threshold at 20% of the dev sentences) and `gain` (the measured table, made the
    default) with `calibrated_for` naming the two models.
 
-Then `python -m benchmarks.router_eval --llm-pred benchmarks/results/llm_dev_predictions.jsonl`
+Then `python -m benchmarks.router_eval --llm-pred benchmarks/data/llm_dev_predictions.jsonl`
 reports quality vs cost of the written policies (section (e)).
 """
 
@@ -24,7 +25,7 @@ from benchmarks.fast_tier import dev_documents
 from clinie.brat import write_document
 from deployments.fast_tier.default import REPO_ROOT, resolve_model_dir
 
-CACHE = REPO_ROOT / "benchmarks" / "results" / "llm_dev_predictions.jsonl"
+CACHE = REPO_ROOT / "benchmarks" / "data" / "llm_dev_predictions.jsonl"
 OUTPUT = REPO_ROOT / "serve_app" / "configs" / "policies.default.yaml"
 
 

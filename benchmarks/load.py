@@ -11,9 +11,10 @@ Scenarios run in order (`--scenario`, repeatable; the default is the README's ru
 - `step:C1,C2,...:SECONDS`                closed loop, the client count stepping up every SECONDS;
 - `cooldown:SECONDS`                      no load; waits (at most SECONDS) for every deployment to
                                           go back to its minimum replicas, and reports how long.
-Clients do not wait out `Retry-After` unless `--honour-retry-after` (the worst case for the
-service: a refused client asks again at once). All traffic goes to the given (loopback) address;
-every loop is bounded in time and count.
+Requests go through clinie.client (AsyncClient, retries off, so every attempt is one sample; the
+API key from `CLINIE_API_KEY` if set). Clients do not wait out `Retry-After` unless
+`--honour-retry-after` (the worst case for the service: a refused client asks again at once). All
+traffic goes to the given (loopback) address; every loop is bounded in time and count.
 
 While it runs, replica counts per deployment and per node are polled every 2 s from the Serve
 controller. Writes `load.json` (summaries, per-5-s timeline) and `load.png` (requests/s,
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import threading
 import time
@@ -38,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.report import write_report
+from clinie.client import AsyncClient, ClinieError
 from clinie.inputs import NoteInput
 
 UNLABELED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mtsamples-unlabeled" / "notes.jsonl"
@@ -75,18 +78,9 @@ class Sample:
         return (self.done - self.sent) * 1000
 
 
-_GRPC_TO_HTTP = {
-    "OK": 200,
-    "INVALID_ARGUMENT": 400,
-    "UNAUTHENTICATED": 401,
-    "RESOURCE_EXHAUSTED": 429,
-    "UNAVAILABLE": 503,
-    "DEADLINE_EXCEEDED": 504,
-}
-
-
 class Target:
-    """Where requests go, and how one is sent (HTTP or gRPC)."""
+    """Where requests go (HTTP or gRPC, through clinie.client with its retries off: each attempt is
+    one sample, and a refused client's wait is this benchmark's choice, `--honour-retry-after`)."""
 
     def __init__(self, url: str | None, grpc_target: str | None, policy: str, honour_retry_after: bool):
         self.url, self.grpc_target, self.policy = url, grpc_target, policy
@@ -96,36 +90,26 @@ class Target:
     def now(self) -> float:
         return time.perf_counter() - self.t0
 
-    async def http(self, client: Any, note: dict[str, str], deadline_ms: float | None, scenario: str) -> Sample:
-        import httpx
+    def client(self, kind: str, connections: int) -> AsyncClient:
+        if kind == "grpc":
+            assert self.grpc_target, "--grpc TARGET is needed for grpc scenarios"
+            url = f"grpc://{self.grpc_target}"
+        else:
+            assert self.url, "--url is needed for HTTP scenarios"
+            url = self.url
+        return AsyncClient(
+            url, api_key=os.environ.get("CLINIE_API_KEY"), timeout=330, retries=0, max_connections=connections
+        )
 
-        body: dict[str, Any] = {**note, "policy": self.policy}
-        if deadline_ms:
-            body["deadline_ms"] = deadline_ms
+    async def send(self, client: AsyncClient, note: dict[str, str], deadline_ms: float | None, scenario: str) -> Sample:
         sent = self.now()
         try:
-            r = await client.post(f"{self.url}/v1/extract", json=body)
-            retry = r.headers.get("retry-after")
-            return Sample(sent, self.now(), r.status_code, scenario, float(retry) if retry else None)
-        except httpx.HTTPError:
-            return Sample(sent, self.now(), -1, scenario)
-
-    async def grpc(self, stub: Any, note: dict[str, str], deadline_ms: float | None, scenario: str) -> Sample:
-        import grpc
-
-        from serve_app.proto import clinie_pb2 as pb
-
-        req = pb.ExtractRequest(text=note["text"], note_id=note["note_id"], policy=self.policy)
-        if deadline_ms:
-            req.deadline_ms = deadline_ms
-        sent = self.now()
-        try:
-            await stub.Extract(req, timeout=330)
+            await client.extract(note["text"], note["note_id"], self.policy, deadline_ms or None)
             return Sample(sent, self.now(), 200, scenario)
-        except grpc.aio.AioRpcError as exc:
-            retry = dict(exc.trailing_metadata() or ()).get("retry-after")
-            status = _GRPC_TO_HTTP.get(exc.code().name, 500)
-            return Sample(sent, self.now(), status, scenario, float(retry) if retry else None)
+        except ClinieError as exc:
+            # the client's own failures (no connection, no answer in 330 s) count as transport errors
+            status = -1 if exc.code in ("unreachable", "timeout") else exc.status
+            return Sample(sent, self.now(), status, scenario, exc.retry_after)
 
 
 async def closed_loop(
@@ -138,18 +122,13 @@ async def closed_loop(
 ) -> list[Sample]:
     """`clients[k]` concurrent clients during the k-th `seconds`-long step; each sends, waits for
     the answer, sends the next note (the notes cycle)."""
-    import grpc
-    import httpx
-
-    from serve_app.proto import clinie_pb2_grpc as pbg
-
     samples: list[Sample] = []
     name = f"{kind}:{','.join(map(str, clients))}:{seconds:g}" + (f":{deadline_ms:g}" if deadline_ms else "")
     start = target.now()
     end = start + seconds * len(clients)
     counter = iter(range(10**9))
 
-    async def client(index: int, stub: Any, http: Any) -> None:
+    async def client(index: int, api: AsyncClient) -> None:
         step = 0
         while target.now() < end:
             while step < len(clients) and target.now() >= start + seconds * (step + 1):
@@ -160,24 +139,14 @@ async def closed_loop(
                 await asyncio.sleep(0.05)
                 continue
             note = notes[next(counter) % len(notes)]
-            if kind == "grpc":
-                s = await target.grpc(stub, note, deadline_ms, name)
-            else:
-                s = await target.http(http, note, deadline_ms, name)
+            s = await target.send(api, note, deadline_ms, name)
             samples.append(s)
             if target.honour and s.retry_after:
                 await asyncio.sleep(s.retry_after)
 
     most = max(clients)
-    limits = httpx.Limits(max_connections=most + 4, max_keepalive_connections=most + 4)
-    async with httpx.AsyncClient(timeout=330, limits=limits) as http:
-        if kind == "grpc":
-            assert target.grpc_target, "--grpc TARGET is needed for grpc scenarios"
-            async with grpc.aio.insecure_channel(target.grpc_target) as channel:
-                stub = pbg.ClinieStub(channel)
-                await asyncio.gather(*(client(i, stub, http) for i in range(most)))
-        else:
-            await asyncio.gather(*(client(i, None, http) for i in range(most)))
+    async with target.client(kind, most + 4) as api:
+        await asyncio.gather(*(client(i, api) for i in range(most)))
     return samples
 
 
@@ -185,17 +154,14 @@ async def open_loop(
     target: Target, notes: list[dict[str, str]], rate: float, seconds: float, deadline_ms: float | None
 ) -> list[Sample]:
     """Poisson arrivals at `rate`/s for `seconds` (at most rate x seconds x 2 + 10 requests)."""
-    import httpx
-
     rng = random.Random(7)
     samples: list[Sample] = []
     name = f"open:{rate:g}:{seconds:g}" + (f":{deadline_ms:g}" if deadline_ms else "")
     cap = int(rate * seconds * 2) + 10
-    limits = httpx.Limits(max_connections=cap, max_keepalive_connections=64)
-    async with httpx.AsyncClient(timeout=330, limits=limits) as http:
+    async with target.client("http", cap) as api:
 
         async def one(note: dict[str, str]) -> None:
-            samples.append(await target.http(http, note, deadline_ms, name))
+            samples.append(await target.send(api, note, deadline_ms, name))
 
         pending = []
         start = target.now()

@@ -121,6 +121,21 @@ class Relation(BaseModel):
     confidence: float = Field(ge=0.0, le=1.0, description="Model confidence in this relation, 0..1.")
 
 
+class TextRange(BaseModel):
+    """A stretch of the note, `[start, end)` in code points."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: int = Field(ge=0, description="Start offset, inclusive.")
+    end: int = Field(ge=0, description="End offset, exclusive.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TextRange:
+        if self.end < self.start:
+            raise ValueError(f"range end {self.end} is before its start {self.start}")
+        return self
+
+
 class Route(BaseModel):
     """Who answered and why."""
 
@@ -128,6 +143,11 @@ class Route(BaseModel):
     escalated: bool = Field(description="Whether any part of the note went to the LLM tier.")
     reason: str = Field(description="Why, in words a person can read (`confident`, `policy:fast-only`, ...).")
     signals: dict[str, float] = Field(default_factory=dict, description="Router signals, by name.")
+    escalated_ranges: list[TextRange] = Field(
+        default_factory=list,
+        description="The parts of the note the LLM tier answered: its escalated sentences, or the whole "
+        "note when the note went; empty when nothing went (an extension of the contract's route).",
+    )
 
 
 class NoteResult(BaseModel):

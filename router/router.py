@@ -125,8 +125,9 @@ class Router:
         return sorted(self.policies)
 
     def check(self, name: str | None) -> str:
-        """The policy name a request gets; raises UnknownPolicy."""
-        chosen = name or self.config.default_policy
+        """The policy name a request gets; raises UnknownPolicy. Only an absent name (None) means the
+        default: an empty string is a name, and unknown (service-contract.md)."""
+        chosen = self.config.default_policy if name is None else name
         if chosen not in self.policies:
             raise UnknownPolicy(chosen, self.known)
         return chosen

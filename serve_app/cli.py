@@ -312,6 +312,18 @@ def _llm_model_id(results: dict[str, Any], explicit: str | None) -> str:
     return ids.pop()
 
 
+def _shown(path: str | Path) -> str:
+    """A path as a policy file's header shows it: relative to the working directory when under it, else
+    with the home folder as `~` (the header travels with the file; the machine's layout should not)."""
+    p = Path(path).resolve()
+    for base, label in ((Path.cwd().resolve(), ""), (Path.home().resolve(), "~/")):
+        try:
+            return label + str(p.relative_to(base))
+        except ValueError:
+            continue
+    return str(p)
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Choose the threshold of a policy and/or measure the gain table on a labelled set, and
     write the policy file."""
@@ -383,11 +395,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     n_sentences = sum(len(s.sentences) for s in signals)
     by_name = {d.name: s for d, s in zip(docs, signals, strict=True)}
     fast_results = {d.name: engine.to_result(a, fast_route(a)) for d, a in zip(docs, analyses, strict=True)}
-    set_desc = f"{Path(args.gold).resolve()} ({len(docs)} notes, {n_sentences} sentences)"
+    set_desc = f"{_shown(args.gold)} ({len(docs)} notes, {n_sentences} sentences)"
     header = [
         "Router policies written by `clinie calibrate` (schema: router/config.py).",
         f"Calibrated on: {set_desc},",
-        f"  fast tier {engine.model_tag} at {model_dir}.",
+        f"  fast tier {engine.model_tag} at {_shown(model_dir)}.",
     ]
     summary: dict[str, Any] = {"output": str(args.output), "notes": len(docs), "sentences": n_sentences}
     raw = base_raw
@@ -487,7 +499,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         header += [
             f"`gain`: per quantile bucket of {args.signal}, the change of F1 (mean of {', '.join(metrics)}) per",
             "  unit share of sentences when the LLM tier answers a sentence instead of the fast tier",
-            f"  (router/policies/gain.py). LLM {llm_id} (predictions {args.llm_pred}).",
+            f"  (router/policies/gain.py). LLM {llm_id} (predictions {_shown(args.llm_pred)}).",
             f"  Best bucket: gain {table['buckets'][best]['gain']:+.4f} (se {table['buckets'][best]['se']:.4f}); "
             f"{verdict}.",
             f"`default` = budget (rate_per_minute {budget['rate_per_minute']:g}, burst {budget['burst']:g}) "
@@ -510,7 +522,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             f"`default` = budget (rate_per_minute {budget['rate_per_minute']:g}, burst {budget['burst']:g}) "
             "wrapping `calibrated` (no --llm-pred: escalates by uncertainty, not by a measured gain)."
         )
-    header.append(f"Base: {base_path}.")
+    header.append(f"Base: {_shown(base_path)}.")
 
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

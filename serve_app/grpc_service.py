@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from serve_app.proto import clinie_pb2 as pb
+from clinie.proto import clinie_pb2 as pb
 
 SERVICE = "clinie.v1.Clinie"
 

@@ -22,8 +22,8 @@ from collections import deque
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
@@ -37,6 +37,7 @@ from deployments.llm_tier.engine import LLMTimeout, LLMUnavailable
 from router import LoadState, UnknownPolicy
 from router.host import RouterHost
 from router.policies import Decision
+from serve_app import openapi, viewer
 from serve_app.admission import Admission, Refusal, Ticket
 from serve_app.config import MAX_DEADLINE_MS, AppConfig
 from serve_app.grpc_service import InvalidRequest
@@ -47,7 +48,7 @@ from serve_app.replicas import serve_replicas
 log = logging.getLogger("clinie.ingress")
 
 
-# -- wire types (HTTP bodies; gRPC mirrors them in serve_app/proto/clinie.proto) ---------------
+# -- wire types (HTTP bodies; gRPC mirrors them in clinie/proto/clinie.proto) ---------------
 
 
 class ExtractRequest(BaseModel):
@@ -58,7 +59,7 @@ class ExtractRequest(BaseModel):
     text: str = Field(description="The note.")
     note_id: str | None = Field(default=None, max_length=256, description="Echoed back in the result.")
     policy: str | None = Field(default=None, max_length=128, description="Routing policy; default: `default`.")
-    deadline_ms: float | None = Field(
+    deadline_ms: StrictFloat | None = Field(
         default=None,
         gt=0,
         le=MAX_DEADLINE_MS,
@@ -83,7 +84,7 @@ class ExtractBatchRequest(BaseModel):
 
     notes: list[BatchNote] = Field(description="Notes, answered in the same order.")
     policy: str | None = Field(default=None, max_length=128, description="Routing policy for every note.")
-    deadline_ms: float | None = Field(
+    deadline_ms: StrictFloat | None = Field(
         default=None,
         gt=0,
         le=MAX_DEADLINE_MS,
@@ -253,6 +254,22 @@ class Ingress:
         self.llm_state: dict[str, Any] = {"state": "absent" if llm is None else "starting"}
         self._llm_state_at = 0.0
         self._poller: asyncio.Task[None] | None = None
+        app.openapi = self._openapi  # type: ignore[method-assign]
+
+    def _openapi(self) -> dict[str, Any]:
+        """The OpenAPI document of this replica: its running policy names and limits."""
+        limits = self.cfg.limits
+        return openapi.build(
+            title=app.title,
+            version=app.version,
+            description=app.description or "",
+            policies=list(self.router.router.known),
+            max_note_chars=limits.max_note_chars,
+            max_batch_notes=limits.max_batch_notes,
+            max_body_bytes=limits.max_body_bytes,
+            max_deadline_ms=MAX_DEADLINE_MS,
+            default_deadline_ms=self.cfg.default_deadline_ms,
+        )
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve calls this with the deployment's `user_config`: the router's policies (hot reload)."""
@@ -461,26 +478,24 @@ class Ingress:
         finally:
             self.metrics.requests.labels("http", endpoint, str(status)).inc()
 
-    @app.post(
-        "/v1/extract",
-        summary="Extract one note",
-        openapi_extra={
-            "requestBody": {"content": {"application/json": {"schema": ExtractRequest.model_json_schema()}}}
-        },
-        responses={200: {"model": NoteResult}, 400: {"model": dict}, 413: {"model": dict}, 429: {"model": dict}},
-    )
+    # The document at /openapi.json is serve_app/openapi.py's (see _openapi), not FastAPI's guess.
+    @app.post("/v1/extract", summary="Extract one note")
     async def extract(self, request: Request) -> Response:
         return await self._http(request, "extract", ExtractRequest)
 
-    @app.post(
-        "/v1/extract/batch",
-        summary="Extract a batch of notes (one bad note fails only its slot)",
-        openapi_extra={
-            "requestBody": {"content": {"application/json": {"schema": ExtractBatchRequest.model_json_schema()}}}
-        },
-    )
+    @app.post("/v1/extract/batch", summary="Extract a batch of notes (one bad note fails only its slot)")
     async def extract_batch(self, request: Request) -> Response:
         return await self._http(request, "extract_batch", ExtractBatchRequest)
+
+    @app.get("/", include_in_schema=False)
+    async def web_viewer(self, request: Request) -> Response:
+        """The web viewer (serve_app/viewer): a page for people; its data goes through /v1/extract."""
+        router = self.router.router
+        page = viewer.render_page(
+            list(router.known), router.config.default_policy, bool(self.api_keys), request.scope.get("root_path", "")
+        )
+        headers = {**viewer.HEADERS, "content-security-policy": viewer.content_security_policy()}
+        return HTMLResponse(page, headers=headers)
 
     @app.get("/healthz", summary="Process alive")
     async def healthz(self) -> dict[str, str]:
@@ -537,8 +552,8 @@ class Ingress:
     async def _grpc(self, method: str, request: Any, grpc_context: Any) -> Any:
         """One gRPC call: auth, parse, validate, answer; errors set the status code and details
         (the contract's JSON error) and return an empty reply of the method's type."""
-        from serve_app import grpc_convert as G
-        from serve_app.proto import clinie_pb2 as pb
+        from clinie import grpc_convert as G
+        from clinie.proto import clinie_pb2 as pb
 
         batch = method == "ExtractBatch"
         status = "OK"

@@ -55,6 +55,7 @@ def test_llm_only_extracts_with_exact_offsets(llm_home: Path, tmp_path: Path):
     result = NoteResult.model_validate(lines[0])
     result.check_offsets(NOTE)
     assert result.route.tier == "llm" and result.route.reason == "policy:llm-only"
+    assert [(r.start, r.end) for r in result.route.escalated_ranges] == [(0, len(NOTE))]  # the whole note went
     assert result.models["llm"].startswith("smollm2-135m-instruct")
     assert "llm" in result.timings_ms
     assert (llm_home / "models").is_dir()
@@ -140,4 +141,7 @@ def test_in_process_router_escalates_to_the_llm_tier(llm_home: Path, tmp_path: P
     assert result.route.tier == "llm" and result.route.escalated and result.route.reason == "low_confidence"
     assert result.models["bert"].startswith("clinie-fast@") and result.models["llm"].startswith("smollm2")
     assert result.route.signals["escalated_sentences"] == result.route.signals["sentences"] >= 2
+    ranges = [(r.start, r.end) for r in result.route.escalated_ranges]
+    assert len(ranges) == result.route.signals["escalated_sentences"]  # one range per escalated sentence
+    assert ranges == sorted(ranges) and all(0 <= a < b <= len(NOTE) for a, b in ranges)
     assert lines[1]["error"]["code"] == "empty_text"

@@ -7,9 +7,14 @@ auth is on for the whole module, so every call also exercises it. The LLM-remova
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import json
 import os
+import re
+import shutil
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -104,7 +109,16 @@ def test_ready_health_docs_and_start_time(service: dict[str, Any]):
     assert call("/healthz")[:2] == (200, {"status": "ok"})
     with urllib.request.urlopen(URL + "/openapi.json", timeout=10) as r:
         spec = json.loads(r.read())
-    assert {"/v1/extract", "/v1/extract/batch", "/readyz", "/metrics"} <= set(spec["paths"])
+    # the served document is the committed one (serve_app/openapi.json) but for this service's policies
+    from serve_app import openapi
+
+    committed = json.loads(openapi.COMMITTED.read_text())
+    enums = []
+    for doc in (spec, committed):
+        for name in ("ExtractRequest", "ExtractBatchRequest"):
+            enums.append(doc["components"]["schemas"][name]["properties"]["policy"]["anyOf"][0].pop("enum"))
+    assert spec == committed
+    assert enums[0] == enums[1] == sorted(body["components"]["router"]["policies"])
     with urllib.request.urlopen(URL + "/docs", timeout=10) as r:
         assert r.status == 200
 
@@ -142,9 +156,12 @@ def test_batch_keeps_order_and_isolates_bad_notes(service: dict[str, Any]):
         ({"text": "x" * 200_001}, None, 413, "note_too_long"),
         ({"notes": [{"text": "a"}] * 65}, None, 413, "batch_too_large"),
         ({"text": "fine", "policy": "no-such-policy"}, None, 400, "unknown_policy"),
+        ({"text": "fine", "policy": ""}, None, 400, "unknown_policy"),  # a name, not "absent"
         ({"text": "fine", "deadline_ms": 0}, None, 400, "invalid_request"),
         ({"text": "fine", "deadline_ms": 300_001}, None, 400, "invalid_request"),
         ({"text": "fine", "deadline_ms": "soon"}, None, 400, "invalid_request"),
+        ({"text": "fine", "deadline_ms": "5000"}, None, 400, "invalid_request"),  # a number, not a string
+        ({"text": "fine", "deadline_ms": True}, None, 400, "invalid_request"),
         (None, b'{"text": "fine", "deadline_ms": NaN}', 400, "invalid_request"),
         (None, b'{"text": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", 400, "malformed_json"),
         (None, b'{"text": ' + b'{"a": ' * 40 + b"1" + b"}" * 40 + b"}", 400, "malformed_json"),
@@ -162,6 +179,23 @@ def test_bad_input_is_a_clear_4xx(service: dict[str, Any], body: Any, raw: bytes
     assert call("/healthz")[0] == 200  # and nothing died
 
 
+def test_the_openapi_document_holds_under_schemathesis(service: dict[str, Any]):
+    """schemathesis (v4) run as a caller would (`st run URL/openapi.json --checks all`, the repo's
+    schemathesis.toml): a few hundred generated requests, good and bad, over real HTTP; zero
+    failures, and the service is ready afterwards."""
+    st = Path(sys.executable).with_name("st")
+    repo = Path(__file__).resolve().parents[2]
+    cmd = [str(st), "--config-file", str(repo / "schemathesis.toml"), "run", URL + "/openapi.json"]
+    cmd += ["--checks", "all", "--phases", "examples,coverage,fuzzing", "-n", "10", "--max-time", "90"]
+    cmd += ["--request-timeout", "60", "--seed", "7", "-w", "1", "--no-shrink", "-H", f"Authorization: Bearer {KEY}"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stdout[-6000:]
+    counts = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
+    assert counts and int(counts[1]) == int(counts[2]) >= 200, run.stdout[-2000:]
+    print(f"schemathesis: {counts[0]}")
+    assert call("/readyz")[0] == 200
+
+
 def test_api_key_is_required_when_configured(service: dict[str, Any]):
     status, body, _ = call("/v1/extract", {"text": NOTE}, key=None)
     assert (status, body["error"]["code"]) == (401, "unauthorized")
@@ -170,7 +204,7 @@ def test_api_key_is_required_when_configured(service: dict[str, Any]):
 
 
 def _grpc_stub() -> Any:
-    from serve_app.proto import clinie_pb2_grpc as pbg
+    from clinie.proto import clinie_pb2_grpc as pbg
 
     return pbg.ClinieStub(grpc.insecure_channel(f"127.0.0.1:{GRPC_PORT}"))
 
@@ -179,8 +213,8 @@ META = (("authorization", f"Bearer {KEY}"),)
 
 
 def test_extract_over_grpc(service: dict[str, Any]):
-    from serve_app import grpc_convert as G
-    from serve_app.proto import clinie_pb2 as pb
+    from clinie import grpc_convert as G
+    from clinie.proto import clinie_pb2 as pb
 
     stub = _grpc_stub()
     reply = stub.Extract(pb.ExtractRequest(text=NOTE, note_id="g1", policy="fast-only"), metadata=META, timeout=60)
@@ -199,7 +233,7 @@ def test_extract_over_grpc(service: dict[str, Any]):
 
 @pytest.mark.parametrize("case", ["empty", "unknown_policy", "bad_utf8", "no_key"])
 def test_bad_grpc_input_is_invalid_argument(service: dict[str, Any], case: str):
-    from serve_app.proto import clinie_pb2 as pb
+    from clinie.proto import clinie_pb2 as pb
 
     stub = _grpc_stub()
     channel = grpc.insecure_channel(f"127.0.0.1:{GRPC_PORT}")
@@ -221,6 +255,129 @@ def test_bad_grpc_input_is_invalid_argument(service: dict[str, Any], case: str):
     expected = grpc.StatusCode.UNAUTHENTICATED if case == "no_key" else grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.code() == expected
     assert "error" in json.loads(err.value.details())
+
+
+def _comparable(result: dict[str, Any]) -> dict[str, Any]:
+    """A result without its timings, confidences to 4 places (what may differ between two calls)."""
+    out = {k: v for k, v in result.items() if k != "timings_ms"}
+    for kind in ("entities", "modifiers", "relations"):
+        out[kind] = [{**x, "confidence": round(x["confidence"], 4)} for x in result.get(kind, [])]
+    return out
+
+
+def test_python_client_answers_alike_over_http_and_grpc(service: dict[str, Any]):
+    from clinie.client import AsyncClient, Client, ClinieError
+
+    notes = [NOTE, {"note_id": "b2", "text": NOTE.upper()}, ""]
+    grpc_url = f"grpc://127.0.0.1:{GRPC_PORT}"
+    with Client(URL, api_key=KEY) as h, Client(grpc_url, api_key=KEY) as g:
+        one = [c.extract(NOTE, note_id="c1", policy="fast-only") for c in (h, g)]
+        NoteResult.model_validate(one[0]).check_offsets(NOTE)
+        assert one[0]["note_id"] == "c1" and _comparable(one[0]) == _comparable(one[1])
+        batches = [c.extract_batch(notes, policy="fast-only") for c in (h, g)]
+        assert [r.get("note_id") for r in batches[0]] == [None, "b2", None]
+        assert [_comparable(r) for r in batches[0][:2]] == [_comparable(r) for r in batches[1][:2]]
+        assert batches[0][2]["error"]["code"] == batches[1][2]["error"]["code"] == "empty_text"
+        for c in (h, g):  # a 4xx raises at once, named as the contract names it
+            with pytest.raises(ClinieError) as err:
+                c.extract(NOTE, policy="no-such-policy")
+            assert (err.value.status, err.value.code, err.value.attempts) == (400, "unknown_policy", 1)
+    for url in (URL, grpc_url):
+        with Client(url) as anonymous, pytest.raises(ClinieError) as err:
+            anonymous.extract(NOTE)
+        assert (err.value.status, err.value.code) == (401, "unauthorized")
+
+    async def both() -> list[dict[str, Any]]:
+        async with AsyncClient(URL, api_key=KEY) as ah, AsyncClient(grpc_url, api_key=KEY) as ag:
+            return list(await asyncio.gather(*(c.extract(NOTE, note_id="c1", policy="fast-only") for c in (ah, ag))))
+
+    assert [_comparable(r) for r in asyncio.run(both())] == [_comparable(one[0])] * 2
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _real_note() -> str:
+    path = Path(__file__).resolve().parents[3] / "shared" / "data" / "mtsamples-unlabeled" / "notes.jsonl"
+    if not path.exists():
+        pytest.skip(f"unlabelled notes not found at {path}")
+    with path.open() as f:
+        return json.loads(f.readline())["text"][:2500]
+
+
+def test_web_viewer_in_a_real_browser(service: dict[str, Any], tmp_path: Path):
+    """Real Chromium (Debian's package, driven by Playwright): paste a real note, submit, and hold
+    the page's DOM to the contract against /v1/extract's answer for the same note; then a short note
+    with an emoji (offsets count code points, JS strings do not) sent whole to the LLM tier, whose
+    part of the note must be marked."""
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; `make test` installs it)")
+    from playwright.sync_api import sync_playwright
+
+    note = _real_note()
+    status, expected, _ = call("/v1/extract", {"text": note, "policy": "fast-only"})
+    assert status == 200 and expected["entities"], expected
+
+    def spans_on(page: Any) -> list[dict[str, Any]]:
+        return page.eval_on_selector_all(
+            "[data-span-id]",
+            "els => els.map(e => ({id: e.dataset.spanId, type: e.dataset.type,"
+            " start: +e.dataset.start, end: +e.dataset.end, text: e.textContent}))",
+        )
+
+    def submit(page: Any, text: str, policy: str) -> None:
+        page.evaluate("document.body.removeAttribute('data-state')")
+        page.select_option("#policy", policy)
+        page.fill("#note", text)
+        page.click("#submit")
+        page.wait_for_selector("body[data-state]", timeout=240_000)
+        assert page.get_attribute("body", "data-state") == "done", page.text_content("#status")
+
+    shots = Path(os.environ.get("CLINIE_SCREENSHOT_DIR") or tmp_path)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            problems: list[str] = []  # console errors include CSP violations
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            urls: list[str] = []
+            page.on("request", lambda r: urls.append(r.url))
+            page.goto(URL + "/")
+            assert page.is_visible("#api-key")  # keys are on in this module
+            page.fill("#api-key", KEY)
+            submit(page, note, "fast-only")
+
+            spans = spans_on(page)
+            want = expected["entities"] + expected["modifiers"]
+            assert sorted(s["id"] for s in spans) == sorted(s["id"] for s in want)  # each span exactly once
+            by_id = {s["id"]: s for s in want}
+            for s in spans:
+                assert s["text"] == note[s["start"] : s["end"]], s
+                assert (s["type"], s["start"], s["end"]) == tuple(by_id[s["id"]][k] for k in ("type", "start", "end"))
+            rels = page.eval_on_selector_all(
+                "[data-entity]", "els => els.map(e => [e.dataset.entity, e.dataset.modifier])"
+            )
+            assert rels == [[r["entity"], r["modifier"]] for r in expected["relations"]]
+            assert page.text_content('[data-route="tier"]') == "bert"
+            assert page.eval_on_selector_all("#rendered .llm", "els => els.length") == 0  # nothing went to the LLM
+            page.screenshot(path=str(shots / "viewer.png"), full_page=True)
+
+            wait_llm_ready()
+            short = "\U0001fa7a " + NOTE  # a stethoscope: one code point, two UTF-16 units
+            submit(page, short, "escalate-all")
+            assert page.text_content('[data-route="tier"]') == "llm"
+            for s in spans_on(page):
+                assert s["text"] == short[s["start"] : s["end"]], s
+            banded = page.eval_on_selector_all("#rendered .llm", "els => els.map(e => e.textContent).join('')")
+            assert banded.strip() and set(banded) <= set(short)
+            page.screenshot(path=str(shots / "viewer-llm.png"), full_page=True)
+            assert not problems, problems
+            assert all(u.startswith(URL + "/") for u in urls), urls  # nothing fetched from elsewhere
+        finally:
+            browser.close()
 
 
 def test_llm_only_and_escalation_through_the_llm_tier(service: dict[str, Any]):
@@ -263,6 +420,28 @@ def test_overload_is_refused_quickly_with_retry_after(service: dict[str, Any]):
         if status != 200:
             assert headers.get("retry-after") and seconds < 1.0
     assert call("/healthz")[0] == 200
+
+
+def test_python_client_retries_through_overload(service: dict[str, Any]):
+    """24 clients at once against a cap of 8 in flight: the service refuses some (429 with
+    Retry-After, as the test above shows), and clinie.client waits and sends again until every
+    note is answered."""
+    from clinie.client import Client
+
+    long_note = " ".join([NOTE] * 40)
+    refusals: list[tuple[int, float]] = []
+
+    def one(i: int) -> dict[str, Any]:
+        on_retry = lambda e, w: refusals.append((e.status, w))  # noqa: E731
+        with Client(URL, api_key=KEY, retries=20, max_retry_wait=3, on_retry=on_retry) as c:
+            return c.extract(long_note, note_id=str(i), policy="fast-only")
+
+    with cf.ThreadPoolExecutor(24) as pool:
+        results = list(pool.map(one, range(24)))
+    assert [r["note_id"] for r in results] == [str(i) for i in range(24)]
+    statuses = {s for s, _ in refusals}
+    assert 429 in statuses and statuses <= {429, 503}, refusals
+    assert all(w >= 1.0 for s, w in refusals if s == 429)  # Retry-After (at least 1 s) was waited out
 
 
 def test_deadline_admission_refuses_only_what_cannot_make_it(service: dict[str, Any]):

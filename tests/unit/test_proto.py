@@ -11,8 +11,7 @@ import pytest
 from google.protobuf import json_format
 from pydantic import BaseModel
 
-from clinie.schema import EntitySpan, ErrorBody, NoteError, NoteResult, Relation, Route
-from serve_app.grpc_convert import (
+from clinie.grpc_convert import (
     batch_reply_to_proto,
     batch_request_from_proto,
     proto_to_dict,
@@ -20,9 +19,10 @@ from serve_app.grpc_convert import (
     request_from_proto,
     result_to_proto,
 )
-from serve_app.proto import clinie_pb2 as pb
-from serve_app.proto import clinie_pb2_grpc as pb_grpc
-from serve_app.proto.codegen import GENERATED, PROTO_DIR, generate
+from clinie.proto import clinie_pb2 as pb
+from clinie.proto import clinie_pb2_grpc as pb_grpc
+from clinie.proto.codegen import GENERATED, PROTO_DIR, generate
+from clinie.schema import EntitySpan, ErrorBody, NoteError, NoteResult, Relation, Route, TextRange
 
 
 def _full_result(note_id: str | None = "abc-1") -> NoteResult:
@@ -44,10 +44,11 @@ def _full_result(note_id: str | None = "abc-1") -> NoteResult:
                 {"type": "hasAttr", "entity": "T3", "modifier": "T4", "confidence": 2**-40},
             ],
             "route": {
-                "tier": "bert",
-                "escalated": False,
-                "reason": "confident",
+                "tier": "bert+llm",
+                "escalated": True,
+                "reason": "low_confidence",
                 "signals": {"min_confidence": 0.123456789012345, "ood": -3.5, "zero": 0.0, "big": 1e300},
+                "escalated_ranges": [{"start": 0, "end": 21}, {"start": 40, "end": 62}],
             },
             "models": {"bert": "clinie-bert@0.1.0", "llm": "qwen@2"},
             "timings_ms": {"bert": 12.3, "total": 14.0},
@@ -67,14 +68,14 @@ def test_committed_generated_code_is_current(tmp_path: Path) -> None:
     for name in GENERATED:
         fresh, committed = (tmp_path / name).read_bytes(), (PROTO_DIR / name).read_bytes()
         assert fresh == committed, (
-            f"serve_app/proto/{name} is stale against clinie.proto (or grpcio-tools changed): "
-            "run `python -m serve_app.proto.codegen` and commit the result"
+            f"clinie/proto/{name} is stale against clinie.proto (or grpcio-tools changed): "
+            "run `python -m clinie.proto.codegen` and commit the result"
         )
 
 
 def test_generated_grpc_module_imports_the_package_path() -> None:
     text = (PROTO_DIR / "clinie_pb2_grpc.py").read_text()
-    assert "from serve_app.proto import clinie_pb2" in text
+    assert "from clinie.proto import clinie_pb2" in text
     assert "\nimport clinie_pb2" not in text
 
 
@@ -84,6 +85,7 @@ def test_proto_fields_match_the_pydantic_wire_types() -> None:
         (EntitySpan, pb.Span),
         (Relation, pb.Relation),
         (Route, pb.Route),
+        (TextRange, pb.TextRange),
         (NoteResult, pb.NoteResult),
         (ErrorBody, pb.Error),
     ]

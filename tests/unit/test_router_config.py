@@ -21,6 +21,7 @@ from router import (
     RouteContext,
     Router,
     RouterConfig,
+    UnknownPolicy,
     fallback_config,
     load_router_config,
     parse_router_config,
@@ -530,3 +531,10 @@ def test_threshold_instances_are_rebuilt_only_when_changed():
     assert r.policies["calibrated"] is calibrated
     r.reconfigure(config_with(0.6))
     assert r.policies["calibrated"] is not calibrated
+
+
+def test_an_empty_policy_name_is_unknown_not_the_default():
+    r = Router(fallback_config())
+    assert r.check(None) == r.config.default_policy
+    with pytest.raises(UnknownPolicy):
+        r.check("")

@@ -1,13 +1,13 @@
-"""Regenerate the committed gRPC Python modules from clinie.proto: `python -m serve_app.proto.codegen`.
+"""Regenerate the committed gRPC Python modules from clinie.proto: `python -m clinie.proto.codegen`.
 
 The generated `clinie_pb2.py` / `clinie_pb2_grpc.py` are committed, so neither the server nor a
 client needs grpcio-tools at run time. The price is that they can go stale when someone edits the
 .proto; tests/unit/test_proto.py regenerates them with `generate` into a scratch folder and compares
 bytes, so this module is the one place that knows the protoc command line.
 
-The .proto is compiled from the repository root as `serve_app/proto/clinie.proto` (not from its own
+The .proto is compiled from the repository root as `clinie/proto/clinie.proto` (not from its own
 folder) because protoc derives the generated grpc module's import of the message module from that
-path: this way it is `from serve_app.proto import clinie_pb2`, which works from any working
+path: this way it is `from clinie.proto import clinie_pb2`, which works from any working
 directory, instead of a bare `import clinie_pb2` that only works with the folder on sys.path.
 
 The output depends on the grpcio-tools version (the modules name it and check it at import), which
@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 PROTO_DIR = Path(__file__).resolve().parent
-# Include root: the folder holding the `serve_app` package, i.e. the repository root in a checkout.
+# Include root: the folder holding the `clinie` package, i.e. the repository root in a checkout.
 INCLUDE_ROOT = PROTO_DIR.parents[1]
 PROTO_FILE = PROTO_DIR / "clinie.proto"
 GENERATED = ("clinie_pb2.py", "clinie_pb2_grpc.py")
@@ -38,7 +38,7 @@ def generate(out_dir: Path | str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     rel = PROTO_FILE.relative_to(INCLUDE_ROOT)
     with tempfile.TemporaryDirectory(prefix="clinie-protoc-") as tmp:
-        # protoc writes to <out>/serve_app/proto/ (the package path of the .proto); compile into a
+        # protoc writes to <out>/clinie/proto/ (the package path of the .proto); compile into a
         # scratch folder and move the files, so `out_dir` may be any folder, the package included.
         cmd = [
             sys.executable,

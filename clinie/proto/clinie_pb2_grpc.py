@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from serve_app.proto import clinie_pb2 as serve__app_dot_proto_dot_clinie__pb2
+from clinie.proto import clinie_pb2 as clinie_dot_proto_dot_clinie__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in serve_app/proto/clinie_pb2_grpc.py depends on'
+        + ' but the generated code in clinie/proto/clinie_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,13 +37,13 @@ class ClinieStub:
         """
         self.Extract = channel.unary_unary(
                 '/clinie.v1.Clinie/Extract',
-                request_serializer=serve__app_dot_proto_dot_clinie__pb2.ExtractRequest.SerializeToString,
-                response_deserializer=serve__app_dot_proto_dot_clinie__pb2.NoteReply.FromString,
+                request_serializer=clinie_dot_proto_dot_clinie__pb2.ExtractRequest.SerializeToString,
+                response_deserializer=clinie_dot_proto_dot_clinie__pb2.NoteReply.FromString,
                 _registered_method=True)
         self.ExtractBatch = channel.unary_unary(
                 '/clinie.v1.Clinie/ExtractBatch',
-                request_serializer=serve__app_dot_proto_dot_clinie__pb2.ExtractBatchRequest.SerializeToString,
-                response_deserializer=serve__app_dot_proto_dot_clinie__pb2.ExtractBatchReply.FromString,
+                request_serializer=clinie_dot_proto_dot_clinie__pb2.ExtractBatchRequest.SerializeToString,
+                response_deserializer=clinie_dot_proto_dot_clinie__pb2.ExtractBatchReply.FromString,
                 _registered_method=True)
 
 
@@ -73,13 +73,13 @@ def add_ClinieServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Extract': grpc.unary_unary_rpc_method_handler(
                     servicer.Extract,
-                    request_deserializer=serve__app_dot_proto_dot_clinie__pb2.ExtractRequest.FromString,
-                    response_serializer=serve__app_dot_proto_dot_clinie__pb2.NoteReply.SerializeToString,
+                    request_deserializer=clinie_dot_proto_dot_clinie__pb2.ExtractRequest.FromString,
+                    response_serializer=clinie_dot_proto_dot_clinie__pb2.NoteReply.SerializeToString,
             ),
             'ExtractBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.ExtractBatch,
-                    request_deserializer=serve__app_dot_proto_dot_clinie__pb2.ExtractBatchRequest.FromString,
-                    response_serializer=serve__app_dot_proto_dot_clinie__pb2.ExtractBatchReply.SerializeToString,
+                    request_deserializer=clinie_dot_proto_dot_clinie__pb2.ExtractBatchRequest.FromString,
+                    response_serializer=clinie_dot_proto_dot_clinie__pb2.ExtractBatchReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -108,8 +108,8 @@ class Clinie:
             request,
             target,
             '/clinie.v1.Clinie/Extract',
-            serve__app_dot_proto_dot_clinie__pb2.ExtractRequest.SerializeToString,
-            serve__app_dot_proto_dot_clinie__pb2.NoteReply.FromString,
+            clinie_dot_proto_dot_clinie__pb2.ExtractRequest.SerializeToString,
+            clinie_dot_proto_dot_clinie__pb2.NoteReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -135,8 +135,8 @@ class Clinie:
             request,
             target,
             '/clinie.v1.Clinie/ExtractBatch',
-            serve__app_dot_proto_dot_clinie__pb2.ExtractBatchRequest.SerializeToString,
-            serve__app_dot_proto_dot_clinie__pb2.ExtractBatchReply.FromString,
+            clinie_dot_proto_dot_clinie__pb2.ExtractBatchRequest.SerializeToString,
+            clinie_dot_proto_dot_clinie__pb2.ExtractBatchReply.FromString,
             options,
             channel_credentials,
             insecure,

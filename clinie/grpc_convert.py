@@ -1,4 +1,4 @@
-"""Conversion between the gRPC messages (serve_app/proto/clinie.proto) and the wire types of clinie.schema.
+"""Conversion between the gRPC messages (clinie/proto/clinie.proto) and the wire types of clinie.schema.
 
 The contract promises one result shape over HTTP, gRPC and the CLI; this module is the single
 place where the protobuf messages meet the pydantic types, so the two cannot drift apart in more
@@ -26,8 +26,8 @@ from typing import Any, TypedDict
 
 from google.protobuf import json_format
 
+from clinie.proto import clinie_pb2 as pb
 from clinie.schema import EntitySpan, ErrorBody, ModifierSpan, NoteError, NoteResult, result_json
-from serve_app.proto import clinie_pb2 as pb
 
 
 class ExtractRequestDict(TypedDict):
@@ -111,7 +111,13 @@ def result_to_proto(result: NoteResult | NoteError) -> pb.NoteReply:
                 pb.Relation(type=r.type, entity=r.entity, modifier=r.modifier, confidence=r.confidence)
                 for r in result.relations
             ],
-            route=pb.Route(tier=route.tier, escalated=route.escalated, reason=route.reason, signals=route.signals),
+            route=pb.Route(
+                tier=route.tier,
+                escalated=route.escalated,
+                reason=route.reason,
+                signals=route.signals,
+                escalated_ranges=[pb.TextRange(start=r.start, end=r.end) for r in route.escalated_ranges],
+            ),
             models=result.models,
             timings_ms=result.timings_ms,
         ),
