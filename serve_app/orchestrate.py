@@ -13,7 +13,7 @@ import time
 from typing import Protocol
 
 from clinie.analysis import NoteAnalysis, analysis_to_result
-from clinie.schema import NoteResult, Route, TextRange
+from clinie.schema import NoteResult, Route
 from router.merge import merge_results
 from router.policies import Decision
 from router.router import LoadState
@@ -100,7 +100,7 @@ async def finish(
         "llm_tokens_estimate": round(decision.llm_tokens, 1),
     }
     route_signals.update({k: v for k, v in llm.route.signals.items() if k.startswith("llm_")})
-    answered = [TextRange(start=a, end=b) for a, b in (ranges if ranges is not None else [(0, len(analysis.text))])]
+    answered = llm.route.escalated_ranges  # the LLM tier says what it answered
     models = {"bert": analysis.model_tag, **{k: v for k, v in llm.models.items() if k == "llm"}}
     timings = {"bert": round(analysis.elapsed_ms, 2), "llm": llm_ms}
     if ranges is None:

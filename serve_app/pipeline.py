@@ -23,7 +23,7 @@ from typing import Any
 from clinie.analysis import NoteAnalysis
 from clinie.inputs import NoteInput
 from clinie.ood import OOD_FILE, OODStats
-from clinie.schema import ErrorBody, NoteError, NoteResult, TextRange
+from clinie.schema import ErrorBody, NoteError, NoteResult
 from deployments.fast_tier.config import EngineConfig
 from deployments.fast_tier.default import resolve_model_dir
 from deployments.fast_tier.engine import FastTierEngine, partition_notes
@@ -195,10 +195,7 @@ class Pipeline:
             try:
                 tier = await tiers._ensure_llm()
                 async with tiers._slots:
-                    result = await tier.extract(note_id, text)
-                # the whole note went to the LLM tier, as orchestrate.finish says for the server
-                result.route.escalated_ranges = [TextRange(start=0, end=len(text))]
-                return result
+                    return await tier.extract(note_id, text)
             except LLMTimeout as exc:
                 return NoteError(note_id=note_id, error=ErrorBody(code="llm_timeout", message=str(exc)))
 

@@ -188,7 +188,8 @@ class LLMTier:
             ext = await asyncio.wait_for(self._run(text, ranges), limit)
         except TimeoutError as exc:
             raise LLMTimeout(f"LLM tier did not answer within {limit:.1f} s") from exc
-        return X.to_result(note_id, text, ext, self.engine.model_tag, (time.perf_counter() - t0) * 1000, reason)
+        elapsed_ms = (time.perf_counter() - t0) * 1000
+        return X.to_result(note_id, text, ext, self.engine.model_tag, elapsed_ms, reason, ranges)
 
     async def _run(self, text: str, ranges: list[tuple[int, int]] | None = None) -> X.LLMExtraction:
         chunks = X.chunk_note(text, self.cfg.max_chunk_chars)

@@ -23,6 +23,7 @@ from clinie.schema import (
     NoteResult,
     Relation,
     Route,
+    TextRange,
 )
 from clinie.windows import split_sentences
 from deployments.llm_tier.prompts import Message, entity_messages, modifier_messages
@@ -169,9 +170,16 @@ def parse_modifiers(
 
 
 def to_result(
-    note_id: str | None, text: str, ext: LLMExtraction, model: str, elapsed_ms: float, reason: str
+    note_id: str | None,
+    text: str,
+    ext: LLMExtraction,
+    model: str,
+    elapsed_ms: float,
+    reason: str,
+    ranges: list[tuple[int, int]] | None = None,
 ) -> NoteResult:
-    """The contract's result shape, with ids T1.. (entities first, then modifiers, each by offset)."""
+    """The contract's result shape, with ids T1.. (entities first, then modifiers, each by offset);
+    `route.escalated_ranges` says what this tier answered: `ranges`, or the whole note."""
     ent_order = sorted(range(len(ext.entities)), key=lambda i: ext.entities[i][1:])
     mod_order = sorted(range(len(ext.modifiers)), key=lambda i: ext.modifiers[i][1:])
     ent_id = {i: f"T{n}" for n, i in enumerate(ent_order, 1)}
@@ -200,7 +208,13 @@ def to_result(
         entities=entities,
         modifiers=modifiers,
         relations=relations,
-        route=Route(tier="llm", escalated=True, reason=reason, signals=signals),
+        route=Route(
+            tier="llm",
+            escalated=True,
+            reason=reason,
+            signals=signals,
+            escalated_ranges=[TextRange(start=a, end=b) for a, b in (ranges or [(0, len(text))])],
+        ),
         models={"llm": model},
         timings_ms={"llm": round(elapsed_ms, 2), "total": round(elapsed_ms, 2)},
     )

@@ -48,6 +48,7 @@ def _assets() -> tuple[str, str, str]:
     return (HERE / "page.html").read_text(), style, script
 
 
+@cache
 def content_security_policy() -> str:
     _, style, script = _assets()
     return "; ".join(

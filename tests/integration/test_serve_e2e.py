@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from clinie.schema import NoteResult
+from tests.conftest import UNLABELED
 
 pytestmark = pytest.mark.slow
 
@@ -299,10 +300,9 @@ def _chromium() -> str | None:
 
 
 def _real_note() -> str:
-    path = Path(__file__).resolve().parents[3] / "shared" / "data" / "mtsamples-unlabeled" / "notes.jsonl"
-    if not path.exists():
-        pytest.skip(f"unlabelled notes not found at {path}")
-    with path.open() as f:
+    if not UNLABELED.exists():
+        pytest.skip(f"unlabelled notes not found at {UNLABELED}")
+    with UNLABELED.open() as f:
         return json.loads(f.readline())["text"][:2500]
 
 

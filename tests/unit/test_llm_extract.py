@@ -89,6 +89,9 @@ def test_two_steps_from_raw_outputs_to_a_valid_result():
     severe = next(m for m in result.modifiers if m.type == "severity")
     assert severe.confidence < next(m for m in result.modifiers if m.type == "negation").confidence  # case repair
     assert result.route.tier == "llm" and result.route.signals["llm_dropped_disallowed_pair"] == 1.0
+    assert [(r.start, r.end) for r in result.route.escalated_ranges] == [(0, len(NOTE))]  # the whole note
+    some = to_result("n1", NOTE, ext, "tiny@1", 12.0, "low_confidence", [(0, 10), (20, 30)])
+    assert [(r.start, r.end) for r in some.route.escalated_ranges] == [(0, 10), (20, 30)]
 
 
 def test_repaired_entities_get_the_lower_confidence():
