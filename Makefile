@@ -31,6 +31,7 @@ example: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 test: setup lint browser
 	$(BIN)/python -m pytest

@@ -23,10 +23,11 @@ from pathlib import Path
 
 from benchmarks.fast_tier import dev_documents
 from clinie.brat import write_document
-from deployments.fast_tier.default import REPO_ROOT, resolve_model_dir
+from clinie.paths import DEFAULT_POLICIES, REPO_ROOT
+from deployments.fast_tier.default import resolve_model_dir
 
 CACHE = REPO_ROOT / "benchmarks" / "data" / "llm_dev_predictions.jsonl"
-OUTPUT = REPO_ROOT / "serve_app" / "configs" / "policies.default.yaml"
+OUTPUT = DEFAULT_POLICIES
 
 
 def main(argv: list[str] | None = None) -> int:

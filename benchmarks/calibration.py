@@ -27,9 +27,9 @@ import numpy as np
 from benchmarks.fast_tier import dev_documents
 from clinie.brat import Document, read_corpus
 from clinie.calibration import ConfidenceCalibration, Method, expected_calibration_error, reliability_bins
-from deployments.fast_tier.calibrate import DEFAULT_METHOD, FOLDS, CrossFit, collect_scores, cross_fit, pool
 from deployments.fast_tier.config import MANIFEST_NAME, ModelManifest
 from deployments.fast_tier.default import resolve_model_dir
+from deployments.fast_tier.training.calibrate import DEFAULT_METHOD, FOLDS, CrossFit, collect_scores, cross_fit, pool
 
 METHODS: tuple[Method, ...] = ("isotonic", "platt")
 

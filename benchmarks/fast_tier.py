@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    from deployments.fast_tier.torch_backend import torch_backends
+    from deployments.fast_tier.training.torch_backend import torch_backends
 
     torch.set_num_threads(args.threads)
     model_dir = resolve_model_dir(args.model)

@@ -27,9 +27,11 @@ from benchmarks.fast_tier import dev_documents
 from benchmarks.report import headline_f1, write_report
 from clinie.brat import Document, document_from_result, read_corpus
 from clinie.inputs import NoteInput
+from clinie.paths import default_train_data
 from clinie.schema import NoteResult
 from clinie.scoring import score_documents
-from deployments.fast_tier.default import default_data_dir, resolve_model_dir
+from clinie.split import split_corpus
+from deployments.fast_tier.default import resolve_model_dir
 from deployments.llm_tier.config import Decoding, LLMTierConfig
 from deployments.llm_tier.extract import EXACT_CONFIDENCE
 from serve_app.pipeline import Pipeline
@@ -59,17 +61,17 @@ def run(pipeline: Pipeline, policy: str, docs: list, label: str) -> dict[str, An
 def split_dev_documents(data_dir: str | None) -> list[Document]:
     """The dev notes by the fast tier's split rule (no trained model needed), sorted by name."""
     from deployments.fast_tier.config import TrainConfig
-    from deployments.fast_tier.train import split_corpus
 
     defaults = TrainConfig.model_fields
-    docs = read_corpus(data_dir or default_data_dir())
+    docs = read_corpus(data_dir or default_train_data())
     return split_corpus(docs, defaults["dev_size"].default, defaults["seed"].default)[1]
 
 
 async def _decode_notes(
     llm: LLMTierConfig, modes: list[str], docs: list[Document], on_note: Callable[..., None]
 ) -> tuple[float, dict[str, list[NoteResult | None]], dict[str, list[float]]]:
-    from deployments.llm_tier.engine import LLMTier, LLMTimeout, open_llm_tier
+    from clinie.errors import LLMTimeout
+    from deployments.llm_tier.engine import LLMTier, open_llm_tier
 
     t0 = time.perf_counter()
     engine, _ = open_llm_tier(llm)

@@ -46,11 +46,13 @@ from benchmarks.report import write_report
 from clinie.analysis import analysis_to_result
 from clinie.brat import Document, document_from_result
 from clinie.ood import OOD_FILE, OODStats
+from clinie.paths import DEFAULT_POLICIES, REPO_ROOT
 from clinie.schema import NoteError, NoteResult
 from clinie.scoring import score_documents
+from clinie.validation import validate_text
 from deployments.fast_tier.config import EngineConfig
-from deployments.fast_tier.default import REPO_ROOT, resolve_model_dir
-from deployments.fast_tier.engine import FastTierEngine, fast_route, validate_text
+from deployments.fast_tier.default import resolve_model_dir
+from deployments.fast_tier.engine import FastTierEngine, fast_route
 from router import SIGNALS, NoteSignals, Router, RouterConfig, compute_signals, load_router_config
 from router.calibrate import fit_gain_table, gain_policy_spec
 from router.simulate import (
@@ -63,7 +65,7 @@ from router.simulate import (
     simulate,
 )
 
-POLICIES = REPO_ROOT / "serve_app" / "configs" / "policies.default.yaml"  # --policies replaces it
+POLICIES = DEFAULT_POLICIES  # --policies replaces it
 UNLABELLED = REPO_ROOT.parent / "shared" / "data" / "mtsamples-unlabeled" / "notes.jsonl"
 TARGET_RATE = 0.2
 
@@ -909,7 +911,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ood = OODStats.load_if_present(ood_file)
     print(f"fast tier on {len(docs)} dev notes ...", flush=True)
     analyses = engine.analyze([(d.name, d.text) for d in docs], progress=True)
-    fast = {d.name: analysis_to_result(a, fast_route(a)) for d, a in zip(docs, analyses, strict=True)}
+    fast = {d.name: analysis_to_result(a, fast_route()) for d, a in zip(docs, analyses, strict=True)}
     signals = {d.name: compute_signals(a, ood) for d, a in zip(docs, analyses, strict=True)}
     errors = {d.name: sentence_errors(d, fast[d.name], signals[d.name].sentences) for d in docs}
     relaxed = {d.name: sentence_errors(d, fast[d.name], signals[d.name].sentences, "relaxed") for d in docs}

@@ -46,12 +46,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from ray import serve
 
     from clinie.ood import OOD_FILE
+    from clinie.paths import policies_path
     from deployments.fast_tier.config import EngineConfig
     from deployments.fast_tier.default import resolve_model_dir
     from deployments.fast_tier.engine import FastTierEngine
     from router import LoadState
     from router.host import RouterHost
-    from serve_app.pipeline import policies_path
 
     model_dir = resolve_model_dir(args.model)
     engine = FastTierEngine(EngineConfig(model_dir=model_dir))

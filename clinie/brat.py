@@ -66,53 +66,51 @@ def read_text(path: Path) -> str:
         return fh.read()
 
 
-def parse_ann(name: str, text: str, ann: str) -> Document:
-    """Parse the content of an `.ann` file against its note text."""
-    issues: Counter[str] = Counter()
-    spans: dict[str, GoldSpan] = {}
-    raw_relations: list[tuple[str, str]] = []
-    for line in ann.splitlines():
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        ident = fields[0]
-        if ident.startswith("T") and len(fields) >= 2:
-            head = fields[1].split(" ", 1)
-            if len(head) != 2:
-                issues["malformed_span_line"] += 1
-                continue
-            label, extent = head
-            if label not in ENTITY_TYPES and label not in MODIFIER_TYPES:
-                issues["unknown_label"] += 1
-                continue
-            try:
-                # Discontinuous spans ("s1 e1;s2 e2") are covered by their outer extent.
-                pieces = [tuple(int(x) for x in part.split(" ")) for part in extent.split(";")]
-                start, end = min(p[0] for p in pieces), max(p[1] for p in pieces)
-            except (ValueError, IndexError):
-                issues["malformed_offsets"] += 1
-                continue
-            if len(pieces) > 1:
-                issues["discontinuous_span_merged"] += 1
-            if not (0 <= start < end <= len(text)):
-                issues["offsets_out_of_range"] += 1
-                continue
-            if len(fields) >= 3 and text[start:end] != fields[2] and len(pieces) == 1:
-                # The offsets are the ground truth; a differing copy of the text is only noted.
-                issues["span_text_mismatch"] += 1
-            spans[ident] = GoldSpan(id=ident, label=label, start=start, end=end)
-        elif ident.startswith("R") and len(fields) >= 2:
-            parts = fields[1].split(" ")
-            if len(parts) != 3 or parts[0] not in RELATION_ALIASES:
-                issues["unknown_relation"] += 1
-                continue
-            args = dict(p.split(":", 1) for p in parts[1:] if ":" in p)
-            if "Arg1" not in args or "Arg2" not in args:
-                issues["malformed_relation"] += 1
-                continue
-            raw_relations.append((args["Arg1"], args["Arg2"]))
-        else:
-            issues["ignored_line"] += 1
+def _parse_span_line(fields: list[str], text: str, issues: Counter[str]) -> GoldSpan | None:
+    """A `T` line's span, or None (the reason counted in `issues`)."""
+    head = fields[1].split(" ", 1)
+    if len(head) != 2:
+        issues["malformed_span_line"] += 1
+        return None
+    label, extent = head
+    if label not in ENTITY_TYPES and label not in MODIFIER_TYPES:
+        issues["unknown_label"] += 1
+        return None
+    try:
+        # Discontinuous spans ("s1 e1;s2 e2") are covered by their outer extent.
+        pieces = [tuple(int(x) for x in part.split(" ")) for part in extent.split(";")]
+        start, end = min(p[0] for p in pieces), max(p[1] for p in pieces)
+    except (ValueError, IndexError):
+        issues["malformed_offsets"] += 1
+        return None
+    if len(pieces) > 1:
+        issues["discontinuous_span_merged"] += 1
+    if not (0 <= start < end <= len(text)):
+        issues["offsets_out_of_range"] += 1
+        return None
+    if len(fields) >= 3 and text[start:end] != fields[2] and len(pieces) == 1:
+        # The offsets are the ground truth; a differing copy of the text is only noted.
+        issues["span_text_mismatch"] += 1
+    return GoldSpan(id=fields[0], label=label, start=start, end=end)
+
+
+def _parse_relation_line(fields: list[str], issues: Counter[str]) -> tuple[str, str] | None:
+    """An `R` line's (Arg1, Arg2) ids, or None (the reason counted in `issues`)."""
+    parts = fields[1].split(" ")
+    if len(parts) != 3 or parts[0] not in RELATION_ALIASES:
+        issues["unknown_relation"] += 1
+        return None
+    args = dict(p.split(":", 1) for p in parts[1:] if ":" in p)
+    if "Arg1" not in args or "Arg2" not in args:
+        issues["malformed_relation"] += 1
+        return None
+    return args["Arg1"], args["Arg2"]
+
+
+def _resolve_relations(
+    spans: dict[str, GoldSpan], raw_relations: list[tuple[str, str]], issues: Counter[str]
+) -> list[GoldRelation]:
+    """Relations between kept spans, entity first, allowed pairs only, each once."""
     relations: list[GoldRelation] = []
     seen: set[tuple[str, str]] = set()
     for a1, a2 in raw_relations:
@@ -130,6 +128,30 @@ def parse_ann(name: str, text: str, ann: str) -> Document:
             continue
         seen.add((s1.id, s2.id))
         relations.append(GoldRelation(entity=s1.id, modifier=s2.id))
+    return relations
+
+
+def parse_ann(name: str, text: str, ann: str) -> Document:
+    """Parse the content of an `.ann` file against its note text."""
+    issues: Counter[str] = Counter()
+    spans: dict[str, GoldSpan] = {}
+    raw_relations: list[tuple[str, str]] = []
+    for line in ann.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        ident = fields[0]
+        if ident.startswith("T") and len(fields) >= 2:
+            span = _parse_span_line(fields, text, issues)
+            if span is not None:
+                spans[ident] = span
+        elif ident.startswith("R") and len(fields) >= 2:
+            args = _parse_relation_line(fields, issues)
+            if args is not None:
+                raw_relations.append(args)
+        else:
+            issues["ignored_line"] += 1
+    relations = _resolve_relations(spans, raw_relations, issues)
     return Document(name=name, text=text, spans=list(spans.values()), relations=relations, issues=dict(issues))
 
 

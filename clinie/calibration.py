@@ -315,6 +315,6 @@ class ConfidenceCalibration(BaseModel):
         if cal.model != model_tag:
             raise CalibrationError(
                 f"confidence calibration {path} was fitted for {cal.model}, not {model_tag}; "
-                "refit it (python -m deployments.fast_tier.calibrate --model DIR) or delete it"
+                "refit it (python -m deployments.fast_tier.training.calibrate --model DIR) or delete it"
             )
         return cal

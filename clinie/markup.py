@@ -206,23 +206,9 @@ def _ebnf_literal(s: str) -> str:
     return "".join(out)
 
 
-def markup_grammar(
-    text: str,
-    labels: Collection[str],
-    fixed: tuple[str, int, int] | None = None,
-) -> str | None:
-    """An EBNF grammar (xgrammar's / GBNF dialect, what vLLM's structured outputs take) of exactly
-    the markups of `text`: the text itself, character for character, with non-empty, non-nested
-    `<span class="L">...</span>` around runs of units, L in `labels`.
-
-    `fixed` (label, start, end), offsets in `text`, is a mark that must appear as is (step 2 keeps
-    the entity's own mark); spans of `labels` may sit inside or outside it but never cross it.
-    Returns None when `text` has no unit or `fixed` does not fall on unit boundaries: the caller
-    then decodes that request unconstrained (the aligner still checks the output).
-
-    The language is finite (at most one tag per unit boundary), so decoding under it always ends:
-    no output can be unclosed, malformed, of another label, or differ from the source.
-    """
+def _grammar_units(text: str, fixed: tuple[str, int, int] | None) -> list[tuple[int, int]] | None:
+    """The units of `text` as (start, end), cut where the fixed mark starts or ends inside one;
+    None when `fixed` does not fit in `text`."""
     cuts: set[int] = set()
     if fixed is not None:
         if not 0 <= fixed[1] < fixed[2] <= len(text):
@@ -235,18 +221,27 @@ def markup_grammar(
             units.append((start, cut))
             start = cut
         units.append((start, m.end()))
-    if not units:
+    return units
+
+
+def _fixed_boundaries(units: list[tuple[int, int]], fixed: tuple[str, int, int] | None) -> tuple[int, int] | None:
+    """The boundary indexes (k: before unit k; len(units): the end) where the fixed mark opens and
+    closes, (-1, -1) without one; None when it does not fall on unit boundaries."""
+    if fixed is None:
+        return -1, -1
+    starts = [s for s, _ in units]
+    ends = [e for _, e in units]
+    if fixed[1] not in starts or fixed[2] not in ends:
         return None
-    fixed_open = fixed_close = -1  # boundary indexes (k: before unit k; len(units): the end)
-    if fixed is not None:
-        starts = [s for s, _ in units]
-        ends = [e for _, e in units]
-        if fixed[1] not in starts or fixed[2] not in ends:
-            return None
-        fixed_open, fixed_close = starts.index(fixed[1]), ends.index(fixed[2]) + 1
+    return starts.index(fixed[1]), ends.index(fixed[2]) + 1
+
+
+def _grammar_gaps(
+    text: str, units: list[tuple[int, int]], fixed: tuple[str, int, int] | None, fixed_open: int, fixed_close: int
+) -> list[str]:
+    """The text between unit k-1 and unit k (k = 0: before the first unit, k = n: after the last),
+    with the fixed mark's tags where they belong: close right after a unit, open right before one."""
     n = len(units)
-    # The text between unit k-1 and unit k (k = 0: before the first unit, k = n: after the last),
-    # with the fixed mark's tags where they belong: close right after a unit, open right before one.
     gaps: list[str] = []
     for k in range(n + 1):
         lo = units[k - 1][1] if k else 0
@@ -255,7 +250,14 @@ def markup_grammar(
         if k == fixed_open and fixed is not None:
             gap += open_tag(fixed[0])
         gaps.append(gap)
-    labels = sorted(labels)
+    return gaps
+
+
+def _grammar_rules(
+    text: str, units: list[tuple[int, int]], gaps: list[str], labels: list[str], fixed_open: int, fixed_close: int
+) -> list[str]:
+    """The EBNF rules over the units, `labels` sorted."""
+    n = len(units)
     # Two states per boundary: o{k} outside any span, i{k} inside one. Closing always returns to
     # o{k}, so a span can close and the next one open at the same boundary.
     rules = ["root ::= o0"]
@@ -277,4 +279,33 @@ def markup_grammar(
     if labels:
         rules.append(f"i{n} ::= {_ebnf_literal(CLOSE_TAG)} o{n}")
         rules.append("open ::= " + " | ".join(_ebnf_literal(open_tag(label)) for label in labels))
+    return rules
+
+
+def markup_grammar(
+    text: str,
+    labels: Collection[str],
+    fixed: tuple[str, int, int] | None = None,
+) -> str | None:
+    """An EBNF grammar (xgrammar's / GBNF dialect, what vLLM's structured outputs take) of exactly
+    the markups of `text`: the text itself, character for character, with non-empty, non-nested
+    `<span class="L">...</span>` around runs of units, L in `labels`.
+
+    `fixed` (label, start, end), offsets in `text`, is a mark that must appear as is (step 2 keeps
+    the entity's own mark); spans of `labels` may sit inside or outside it but never cross it.
+    Returns None when `text` has no unit or `fixed` does not fall on unit boundaries: the caller
+    then decodes that request unconstrained (the aligner still checks the output).
+
+    The language is finite (at most one tag per unit boundary), so decoding under it always ends:
+    no output can be unclosed, malformed, of another label, or differ from the source.
+    """
+    units = _grammar_units(text, fixed)
+    if not units:
+        return None
+    boundaries = _fixed_boundaries(units, fixed)
+    if boundaries is None:
+        return None
+    fixed_open, fixed_close = boundaries
+    gaps = _grammar_gaps(text, units, fixed, fixed_open, fixed_close)
+    rules = _grammar_rules(text, units, gaps, sorted(labels), fixed_open, fixed_close)
     return "\n".join(rules) + "\n"

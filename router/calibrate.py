@@ -176,6 +176,70 @@ def gain_buckets(
     return rows
 
 
+def _check_gain_inputs(
+    docs: Sequence[Document], signals: Mapping[str, NoteSignals], signal: str, metrics: Sequence[str]
+) -> list[str]:
+    """The notes' names, after checking that `signal` and `metrics` can make a gain table of them."""
+    # imported here: router.simulate imports this module (threshold_for_rate)
+    from router.simulate import F1_KEYS
+
+    if tuple(F1_KEYS) != METRICS:
+        raise AssertionError("router.simulate.F1_KEYS and router.policies.gain.METRICS differ")
+    if SIGNALS.get(signal) is None or SIGNALS[signal].scope != "sentence":
+        raise ValueError(f"the gain table needs a sentence signal, not {signal!r}")
+    bad = [m for m in metrics if m not in METRICS]
+    if bad or not metrics:
+        raise ValueError(f"unknown F1 {bad[0] if bad else None!r}; known: {', '.join(METRICS)}")
+    names = [d.name for d in docs]
+    missing = [n for n in names if signal not in signals[n].per_sentence]
+    if missing:
+        raise ValueError(f"signal {signal!r} is missing for {len(missing)} notes")
+    return names
+
+
+def _counts_and_deltas(
+    docs: Sequence[Document],
+    fast_results: Mapping[str, NoteResult],
+    llm_results: Mapping[str, NoteResult],
+    signals: Mapping[str, NoteSignals],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The fast tier's corpus counts and every sentence's deltas (`METRICS` order), notes in order.
+
+    A note without an LLM answer gets zero deltas: a failed escalation answers from the fast tier.
+    """
+    from clinie.brat import document_from_result
+    from clinie.scoring import score_documents
+    from router.simulate import score_counts, sentence_deltas
+
+    preds = {d.name: document_from_result(d.name, d.text, fast_results[d.name]) for d in docs}
+    base = score_counts(score_documents(docs, preds))
+    deltas = []
+    for d in docs:
+        llm = llm_results.get(d.name)
+        sents = signals[d.name].sentences
+        deltas.append(
+            np.zeros((len(sents), len(METRICS), 3))
+            if llm is None
+            else sentence_deltas(d, fast_results[d.name], llm, sents)
+        )
+    all_deltas = np.concatenate(deltas) if deltas else np.zeros((0, len(METRICS), 3))
+    return base, all_deltas
+
+
+def _gaining_sentences(
+    names: Sequence[str], signals: Mapping[str, NoteSignals], signal: str, rows: Sequence[Mapping[str, Any]]
+) -> dict[str, list[int]]:
+    """Per note, the sentences that fall in a bucket with a positive gain (notes without any left out)."""
+    uppers = [r["upper"] for r in rows[:-1]]
+    positive = {i for i, r in enumerate(rows) if r["gain"] > 0}
+    escalated: dict[str, list[int]] = {}
+    for n in names:
+        idx = [i for i, x in enumerate(signals[n].per_sentence[signal]) if bucket_of(uppers, float(x)) in positive]
+        if idx:
+            escalated[n] = idx
+    return escalated
+
+
 def fit_gain_table(
     docs: Sequence[Document],
     fast_results: Mapping[str, NoteResult],
@@ -195,43 +259,14 @@ def fit_gain_table(
     the same notes: in-sample).
     """
     # imported here: router.simulate imports this module (threshold_for_rate)
-    from clinie.brat import document_from_result
-    from clinie.scoring import score_documents
-    from router.simulate import F1_KEYS, f1_summary, score_counts, sentence_deltas, simulate
+    from router.simulate import f1_summary, simulate
 
-    if tuple(F1_KEYS) != METRICS:
-        raise AssertionError("router.simulate.F1_KEYS and router.policies.gain.METRICS differ")
-    if SIGNALS.get(signal) is None or SIGNALS[signal].scope != "sentence":
-        raise ValueError(f"the gain table needs a sentence signal, not {signal!r}")
-    bad = [m for m in metrics if m not in METRICS]
-    if bad or not metrics:
-        raise ValueError(f"unknown F1 {bad[0] if bad else None!r}; known: {', '.join(METRICS)}")
-    names = [d.name for d in docs]
-    missing = [n for n in names if signal not in signals[n].per_sentence]
-    if missing:
-        raise ValueError(f"signal {signal!r} is missing for {len(missing)} notes")
-    preds = {d.name: document_from_result(d.name, d.text, fast_results[d.name]) for d in docs}
-    base = score_counts(score_documents(docs, preds))
-    deltas = []
-    for d in docs:
-        llm = llm_results.get(d.name)
-        sents = signals[d.name].sentences
-        deltas.append(
-            np.zeros((len(sents), len(METRICS), 3))
-            if llm is None
-            else sentence_deltas(d, fast_results[d.name], llm, sents)
-        )
-    all_deltas = np.concatenate(deltas) if deltas else np.zeros((0, len(METRICS), 3))
+    names = _check_gain_inputs(docs, signals, signal, metrics)
+    base, all_deltas = _counts_and_deltas(docs, fast_results, llm_results, signals)
     values = np.concatenate([signals[n].per_sentence[signal] for n in names]) if names else np.zeros(0)
     gains = sentence_gains(base, all_deltas, metrics)
     rows = gain_buckets(values, gains, buckets=buckets, min_per_bucket=min_per_bucket)
-    uppers = [r["upper"] for r in rows[:-1]]
-    positive = {i for i, r in enumerate(rows) if r["gain"] > 0}
-    escalated: dict[str, list[int]] = {}
-    for n in names:
-        idx = [i for i, x in enumerate(signals[n].per_sentence[signal]) if bucket_of(uppers, float(x)) in positive]
-        if idx:
-            escalated[n] = idx
+    escalated = _gaining_sentences(names, signals, signal, rows)
     sentences = {n: signals[n].sentences for n in names}
     return {
         "signal": signal,

@@ -21,14 +21,13 @@ from typing import Any
 
 from clinie.analysis import NoteAnalysis
 from clinie.ood import OODStats
+from clinie.paths import repo_path
 from router.config import PolicyConfigError, RouterConfig, fallback_config, load_router_config, parse_router_config
 from router.policies import Decision
 from router.router import LoadState, Router
-from router.signals import compute_signals
+from router.signals import NoteSignals, compute_signals
 
 log = logging.getLogger(__name__)
-# Relative policy files are relative to the repository (a replica's working directory is Ray's).
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 USER_CONFIG_KEYS = ("config", "policies_file", "policies_sha256")
 
@@ -36,9 +35,9 @@ USER_CONFIG_KEYS = ("config", "policies_file", "policies_sha256")
 class RouterHost:
     """`route(analysis, policy, load, deadline_ms)` -> (Decision, note-level signals, sentences)."""
 
-    def __init__(self, ood_stats: str | Path | None = None):
+    def __init__(self, ood_stats: str | Path | None = None, router: Router | None = None):
         self.ood = OODStats.load_if_present(ood_stats)
-        self.router = Router(fallback_config())
+        self.router = router or Router(fallback_config())
         self.last_error = ""
         self.source = "built-in fallback"
 
@@ -48,9 +47,9 @@ class RouterHost:
                 cfg: RouterConfig = parse_router_config(user_config["config"])
                 source = "user_config.config"
             elif user_config.get("policies_file"):
-                path = Path(user_config["policies_file"])
-                cfg = load_router_config(path if path.is_absolute() else REPO_ROOT / path)
-                source = str(user_config["policies_file"])
+                # relative to the repository: a replica's working directory is Ray's
+                cfg = load_router_config(repo_path(user_config["policies_file"]))
+                source = Path(user_config["policies_file"]).name  # shown in /readyz: a name, not a path
             else:
                 cfg, source = fallback_config(), "built-in fallback"
             self.router.reconfigure(cfg)
@@ -75,11 +74,17 @@ class RouterHost:
             **self.router.rates(),
         }
 
+    def needs_fast_pass(self, policy: str | None) -> bool:
+        return self.router.needs_fast_pass(policy)
+
     def route(
-        self, analysis: NoteAnalysis, policy: str | None, load: LoadState, deadline_ms: float | None
+        self, note: NoteAnalysis | str, policy: str | None, load: LoadState, deadline_ms: float | None
     ) -> tuple[Decision, dict[str, float], list[tuple[int, int]]]:
-        """The decision, the note-level signals (for `route.signals`) and the sentence ranges."""
-        signals = compute_signals(analysis, self.ood)
+        """The decision, the note-level signals (for `route.signals`) and the sentence ranges.
+
+        `note` is the fast tier's analysis, or the bare text for a policy that does not need the
+        fast pass (`needs_fast_pass`)."""
+        signals = NoteSignals.unanalysed(note) if isinstance(note, str) else compute_signals(note, self.ood)
         decision = self.router.decide(signals, policy, load, deadline_ms)
         return decision, signals.note, signals.sentences
 

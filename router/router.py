@@ -132,6 +132,12 @@ class Router:
             raise UnknownPolicy(chosen, self.known)
         return chosen
 
+    def needs_fast_pass(self, name: str | None) -> bool:
+        """Whether the policy a request gets decides on the fast tier's analysis; raises
+        UnknownPolicy."""
+        with self._lock:
+            return self.policies[self.check(name)].needs_fast_pass
+
     def decide(
         self,
         signals: NoteSignals,

@@ -84,6 +84,12 @@ class NoteSignals:
     per_sentence: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [sentences]
     note: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def unanalysed(cls, text: str) -> NoteSignals:
+        """A note the fast tier has not seen (its policy does not need the fast pass): one range,
+        the whole note, and no signals; enough for the cost model and the load checks."""
+        return cls(sentences=[(0, len(text))], sentence_chars=[len(text)])
+
     def sentence_risk(self, name: str) -> np.ndarray:
         values = self.per_sentence[name]
         return values if SIGNALS[name].riskier == "higher" else -values
@@ -99,43 +105,67 @@ def _head_stats(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return top2[:, 1], ent, top2[:, 1] - top2[:, 0]
 
 
+def _token_signals(a: NoteAnalysis, sents: list[tuple[int, int]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Each word-piece's sentence and its per-token evidence (the worse of the two heads)."""
+    if not len(a.token_offsets):
+        return np.zeros(0, np.int64), {}
+    starts = np.fromiter((s for s, _ in a.token_offsets), np.int64, len(a.token_offsets))
+    sent_starts = np.array([s for s, _ in sents], np.int64)
+    tok_sent = np.clip(np.searchsorted(sent_starts, starts, side="right") - 1, 0, len(sents) - 1)
+    pe, he, me = _head_stats(a.entity_probs)
+    pm, hm, mm = _head_stats(a.modifier_probs)
+    tok = {"prob": np.minimum(pe, pm), "entropy": np.maximum(he, hm), "margin": np.minimum(me, mm)}
+    if a.entity_lse is not None and a.modifier_lse is not None:
+        tok["energy"] = np.maximum(-a.entity_lse, -a.modifier_lse)
+    return tok_sent, tok
+
+
+class _PerSentence:
+    """Reduces per-token values to per-sentence ones (vectorised over word-pieces)."""
+
+    def __init__(self, tok_sent: np.ndarray, n: int):
+        self.tok_sent, self.n = tok_sent, n
+        self.counts = np.bincount(tok_sent, minlength=n).astype(np.float64)
+
+    def __call__(self, values: np.ndarray, how: Literal["min", "max", "mean"], empty: float) -> np.ndarray:
+        res = np.full(self.n, empty, np.float64)
+        if how == "mean":
+            sums = np.bincount(self.tok_sent, weights=values, minlength=self.n)
+            np.divide(sums, self.counts, out=res, where=self.counts > 0)
+        elif how == "min":
+            np.minimum.at(res, self.tok_sent, values)
+        else:
+            np.maximum.at(res, self.tok_sent, values)
+        return res
+
+
+def _span_signals(a: NoteAnalysis, sents: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+    """Per sentence: the lowest span confidence and the lowest relation margin |2p-1|."""
+    n = len(sents)
+    sent_starts = [s for s, _ in sents]
+
+    def sentence_of(offset: int) -> int:  # bisect on a list: numpy per call costs more than it saves
+        return max(0, min(n - 1, bisect.bisect_right(sent_starts, offset) - 1))
+
+    span_conf = np.ones(n)
+    for s in [*a.entities, *a.modifiers]:
+        i = sentence_of(s.start)
+        span_conf[i] = min(span_conf[i], s.confidence)
+    rel_margin = np.ones(n)
+    for e, _m, p in a.pair_probs:
+        i = sentence_of(a.entities[e].start)
+        rel_margin[i] = min(rel_margin[i], abs(2 * p - 1))
+    return {"min_span_confidence": span_conf, "min_relation_margin": rel_margin}
+
+
 def compute_signals(a: NoteAnalysis, ood: OODStats | None = None) -> NoteSignals:
     """All signals of one analysed note; vectorised over word-pieces (well under a millisecond
     for a typical note)."""
     sents = [(s.start, s.end) for s in a.sentences] or [(0, len(a.text))]
     n = len(sents)
     out = NoteSignals(sentences=sents, sentence_chars=[e - s for s, e in sents])
-
-    if len(a.token_offsets):
-        starts = np.fromiter((s for s, _ in a.token_offsets), np.int64, len(a.token_offsets))
-        sent_starts = np.array([s for s, _ in sents], np.int64)
-        tok_sent = np.clip(np.searchsorted(sent_starts, starts, side="right") - 1, 0, n - 1)
-        pe, he, me = _head_stats(a.entity_probs)
-        pm, hm, mm = _head_stats(a.modifier_probs)
-        tok: dict[str, np.ndarray] = {
-            "prob": np.minimum(pe, pm),
-            "entropy": np.maximum(he, hm),
-            "margin": np.minimum(me, mm),
-        }
-        if a.entity_lse is not None and a.modifier_lse is not None:
-            tok["energy"] = np.maximum(-a.entity_lse, -a.modifier_lse)
-    else:
-        tok_sent = np.zeros(0, np.int64)
-        tok = {}
-
-    counts = np.bincount(tok_sent, minlength=n).astype(np.float64)
-
-    def reduce(values: np.ndarray, how: Literal["min", "max", "mean"], empty: float) -> np.ndarray:
-        res = np.full(n, empty, np.float64)
-        if how == "mean":
-            sums = np.bincount(tok_sent, weights=values, minlength=n)
-            np.divide(sums, counts, out=res, where=counts > 0)
-        elif how == "min":
-            np.minimum.at(res, tok_sent, values)
-        else:
-            np.maximum.at(res, tok_sent, values)
-        return res
-
+    tok_sent, tok = _token_signals(a, sents)
+    reduce = _PerSentence(tok_sent, n)
     ps = out.per_sentence
     if tok:
         ps["min_token_prob"] = reduce(tok["prob"], "min", 1.0)
@@ -146,27 +176,11 @@ def compute_signals(a: NoteAnalysis, ood: OODStats | None = None) -> NoteSignals
         if "energy" in tok:
             # sentences without tokens get the note's lowest energy (most ordinary) as neutral value
             ps["max_energy"] = reduce(tok["energy"], "max", float(tok["energy"].min()))
-
-    sent_starts_list = [s for s, _ in sents]
-
-    def sentence_of(offset: int) -> int:  # bisect on a list: numpy per call costs more than it saves
-        return max(0, min(n - 1, bisect.bisect_right(sent_starts_list, offset) - 1))
-
-    span_conf = np.ones(n)
-    for s in [*a.entities, *a.modifiers]:
-        i = sentence_of(s.start)
-        span_conf[i] = min(span_conf[i], s.confidence)
-    ps["min_span_confidence"] = span_conf
-
-    rel_margin = np.ones(n)
-    for e, _m, p in a.pair_probs:
-        i = sentence_of(a.entities[e].start)
-        rel_margin[i] = min(rel_margin[i], abs(2 * p - 1))
-    ps["min_relation_margin"] = rel_margin
+    ps.update(_span_signals(a, sents))
 
     for name, values in ps.items():
         if name.startswith("mean_"):
-            w = counts if counts.sum() else np.ones(n)
+            w = reduce.counts if reduce.counts.sum() else np.ones(n)
             out.note[name] = round(float(np.average(values, weights=w)), 4)
         elif SIGNALS[name].riskier == "lower":
             out.note[name] = round(float(values.min()), 4)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -309,6 +310,85 @@ def _gap_metrics(curve: list[dict[str, Any]], fast_f1: float, llm_f1: float, key
     }
 
 
+@dataclass(frozen=True)
+class _CurveBasis:
+    """What every point of a quality curve shares: the notes, the pooled per-sentence values of the
+    signal, each note's sentences, and the cost model with the costs of the end points."""
+
+    names: list[str]
+    pooled: np.ndarray
+    sentences: dict[str, list[tuple[int, int]]]
+    costs: CostModel
+    llm_tokens_all: float  # every sentence of every note escalated
+    fast_cost: float  # the fast pass over every note
+
+    def cost(self, tokens: float, fast: bool = True) -> float:
+        return round(tokens * self.costs.llm_cost_per_token + (self.fast_cost if fast else 0.0), 2)
+
+
+def _curve_basis(
+    docs: Sequence[Document], signals: Mapping[str, NoteSignals], signal: str, costs: CostModel
+) -> _CurveBasis:
+    if SIGNALS.get(signal) is None or SIGNALS[signal].scope != "sentence":
+        raise ValueError(f"quality_curve needs a sentence signal, not {signal!r}")
+    names = [d.name for d in docs]
+    missing = [n for n in names if signal not in signals[n].per_sentence]
+    if missing:
+        raise ValueError(f"signal {signal!r} is missing for {len(missing)} notes")
+    all_chars = [c for n in names for c in signals[n].sentence_chars]
+    return _CurveBasis(
+        names=names,
+        pooled=np.concatenate([signals[n].per_sentence[signal] for n in names]),
+        sentences={n: signals[n].sentences for n in names},
+        costs=costs,
+        llm_tokens_all=costs.llm_tokens(all_chars),
+        fast_cost=costs.fast_cost_per_call * len(names),
+    )
+
+
+def _curve_point(
+    docs: Sequence[Document],
+    fast_results: Mapping[str, NoteResult],
+    llm_results: Mapping[str, NoteResult],
+    signals: Mapping[str, NoteSignals],
+    signal: str,
+    basis: _CurveBasis,
+    rate: float,
+) -> dict[str, Any]:
+    """One point of the curve: escalate every sentence on the risky side of the threshold for `rate`."""
+    threshold = threshold_for_rate(basis.pooled, signal, rate)
+    escalated: dict[str, list[int]] = {}
+    chars: list[int] = []
+    for n in basis.names:
+        idx = [int(i) for i in np.flatnonzero(_flagged(signals[n].per_sentence[signal], signal, threshold))]
+        if idx:
+            escalated[n] = idx
+            chars += [signals[n].sentence_chars[i] for i in idx]
+    scores = simulate(docs, fast_results, llm_results, escalated, basis.sentences)
+    tokens = basis.costs.llm_tokens(chars)
+    return {
+        "rate": rate,
+        "threshold": threshold,
+        "realized_rate": round(len(chars) / len(basis.pooled), 4),
+        "escalated_sentences": len(chars),
+        "escalated_notes": len(escalated),
+        "llm_tokens": round(tokens, 1),
+        "cost": basis.cost(tokens),
+        "cost_fraction_of_llm_only": round(tokens / basis.llm_tokens_all, 4) if basis.llm_tokens_all else 0.0,
+        "f1": f1_summary(scores),
+    }
+
+
+def _llm_only_scores(
+    docs: Sequence[Document], fast_results: Mapping[str, NoteResult], llm_results: Mapping[str, NoteResult]
+) -> Scores:
+    """Every note's LLM result as is (the fast tier's where the LLM tier has none)."""
+    llm_docs = {
+        d.name: document_from_result(d.name, d.text, llm_results.get(d.name) or fast_results[d.name]) for d in docs
+    }
+    return score_documents(docs, llm_docs)
+
+
 def quality_curve(
     docs: Sequence[Document],
     fast_results: Mapping[str, NoteResult],
@@ -338,66 +418,23 @@ def quality_curve(
     When F1_llm < F1_fast the gap is negative: PGR then measures how much of the LLM's *loss* a
     rate takes on, so a low APGR is good and CPT(50%) is the rate at which half the loss is taken.
     """
-    costs = costs or CostModel()
-    if SIGNALS.get(signal) is None or SIGNALS[signal].scope != "sentence":
-        raise ValueError(f"quality_curve needs a sentence signal, not {signal!r}")
-    names = [d.name for d in docs]
-    missing = [n for n in names if signal not in signals[n].per_sentence]
-    if missing:
-        raise ValueError(f"signal {signal!r} is missing for {len(missing)} notes")
-    pooled = np.concatenate([signals[n].per_sentence[signal] for n in names])
-    sentences = {n: signals[n].sentences for n in names}
-    total_sentences = len(pooled)
-    all_chars = [c for n in names for c in signals[n].sentence_chars]
-    llm_tokens_all = costs.llm_tokens(all_chars)
-    fast_cost = costs.fast_cost_per_call * len(names)
-
-    def cost(tokens: float, fast: bool = True) -> float:
-        return round(tokens * costs.llm_cost_per_token + (fast_cost if fast else 0.0), 2)
-
-    fast_scores = simulate(docs, fast_results, llm_results, {}, sentences)
-    llm_docs = {
-        d.name: document_from_result(d.name, d.text, llm_results.get(d.name) or fast_results[d.name]) for d in docs
-    }
-    llm_scores = score_documents(docs, llm_docs)
-    points: list[dict[str, Any]] = []
-    for rate in rates:
-        threshold = threshold_for_rate(pooled, signal, rate)
-        escalated: dict[str, list[int]] = {}
-        chars: list[int] = []
-        for n in names:
-            idx = [int(i) for i in np.flatnonzero(_flagged(signals[n].per_sentence[signal], signal, threshold))]
-            if idx:
-                escalated[n] = idx
-                chars += [signals[n].sentence_chars[i] for i in idx]
-        scores = simulate(docs, fast_results, llm_results, escalated, sentences)
-        tokens = costs.llm_tokens(chars)
-        points.append(
-            {
-                "rate": rate,
-                "threshold": threshold,
-                "realized_rate": round(len(chars) / total_sentences, 4),
-                "escalated_sentences": len(chars),
-                "escalated_notes": len(escalated),
-                "llm_tokens": round(tokens, 1),
-                "cost": cost(tokens),
-                "cost_fraction_of_llm_only": round(tokens / llm_tokens_all, 4) if llm_tokens_all else 0.0,
-                "f1": f1_summary(scores),
-            }
-        )
+    basis = _curve_basis(docs, signals, signal, costs or CostModel())
+    fast_scores = simulate(docs, fast_results, llm_results, {}, basis.sentences)
+    llm_scores = _llm_only_scores(docs, fast_results, llm_results)
+    points = [_curve_point(docs, fast_results, llm_results, signals, signal, basis, rate) for rate in rates]
     fast_f1, llm_f1 = f1_summary(fast_scores), f1_summary(llm_scores)
     return {
         "signal": signal,
         "headline": headline,
-        "notes": len(names),
-        "sentences": total_sentences,
-        "llm_missing": sorted(n for n in names if n not in llm_results),
+        "notes": len(basis.names),
+        "sentences": len(basis.pooled),
+        "llm_missing": sorted(n for n in basis.names if n not in llm_results),
         "points": points,
-        "fast_only": {"realized_rate": 0.0, "llm_tokens": 0.0, "cost": cost(0.0), "f1": fast_f1},
+        "fast_only": {"realized_rate": 0.0, "llm_tokens": 0.0, "cost": basis.cost(0.0), "f1": fast_f1},
         "llm_only": {
             "realized_rate": 1.0,
-            "llm_tokens": round(llm_tokens_all, 1),
-            "cost": cost(llm_tokens_all, fast=False),
+            "llm_tokens": round(basis.llm_tokens_all, 1),
+            "cost": basis.cost(basis.llm_tokens_all, fast=False),
             "f1": llm_f1,
         },
         "gap_metrics": {key: _gap_metrics(points, fast_f1[key], llm_f1[key], key) for key in F1_KEYS},

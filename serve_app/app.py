@@ -11,31 +11,25 @@ each note's analysis between processes): its policies are the Ingress's `user_co
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Any
 
 import yaml
 from ray.serve import Application
 
 from clinie.ood import OOD_FILE
-from deployments.fast_tier.default import REPO_ROOT, resolve_model_dir
+from clinie.paths import policies_path, repo_path
+from deployments.fast_tier.default import resolve_model_dir
 from deployments.fast_tier.deployment import FastTierDeployment
 from deployments.llm_tier.config import LLMTierConfig
 from deployments.llm_tier.deployment import LLMTierDeployment
 from serve_app.config import AppConfig
 from serve_app.ingress import Ingress
-from serve_app.pipeline import policies_path
-
-
-def _repo_path(value: str) -> Path:
-    path = Path(value)
-    return path if path.is_absolute() else REPO_ROOT / path
 
 
 def llm_config_of(cfg: AppConfig) -> LLMTierConfig:
     if cfg.llm_config is None:
         return cfg.llm
-    return LLMTierConfig.model_validate(yaml.safe_load(_repo_path(cfg.llm_config).read_text()))
+    return LLMTierConfig.model_validate(yaml.safe_load(repo_path(cfg.llm_config).read_text()))
 
 
 def router_user_config(cfg: AppConfig, configured: dict[str, Any] | None) -> dict[str, Any]:
@@ -52,7 +46,7 @@ def with_file_digest(user_config: dict[str, Any]) -> dict[str, Any]:
     Re-running `serve deploy` / `serve.run` after editing the file then hot-reloads the policies."""
     if not user_config.get("policies_file"):
         return user_config
-    path = _repo_path(str(user_config["policies_file"]))
+    path = repo_path(str(user_config["policies_file"]))
     try:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     except OSError:
@@ -63,7 +57,7 @@ def with_file_digest(user_config: dict[str, Any]) -> dict[str, Any]:
 def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     """Bind the three deployments. Options in `deployment_options` override the code defaults."""
     cfg = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
-    model_dir = resolve_model_dir(_repo_path(cfg.fast_tier_model) if cfg.fast_tier_model else None)
+    model_dir = resolve_model_dir(repo_path(cfg.fast_tier_model) if cfg.fast_tier_model else None)
     llm_cfg = llm_config_of(cfg)
     opts = cfg.deployment_options
 

@@ -25,7 +25,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-CLUSTER_CONFIG = Path(__file__).resolve().parent / "configs" / "serve.cluster.yaml"
+from clinie.paths import CONFIG_DIR
+
+CLUSTER_CONFIG = CONFIG_DIR / "serve.cluster.yaml"
 
 
 class NodeSpec(BaseModel):

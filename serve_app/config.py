@@ -62,7 +62,13 @@ class AppConfig(BaseModel):
     )
     api_keys_env: str = Field(
         default="CLINIE_API_KEYS",
-        description="Environment variable holding comma-separated API keys; unset or empty: no auth (localhost).",
+        description="Environment variable holding comma-separated API keys (each a tenant with the default rate "
+        "limit); unset or empty, and no `tenants_file`: no auth (localhost).",
+    )
+    tenants_file: str | None = Field(
+        default=None,
+        description="Tenants file (YAML/JSON: names, keys, per-key rate limits; serve_app/tenants.py), e.g. a "
+        "mounted secret; re-read when it changes. Relative: to the repo root. None: keys from `api_keys_env` only.",
     )
     default_deadline_ms: float = Field(
         default=30_000.0,

@@ -35,10 +35,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from clinie.paths import REPO_ROOT, repo_path
 from deployments.llm_tier.config import LLMTierConfig
 from serve_app.config import AppConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 """Relative paths in `args` (llm_config, fast_tier_model) are resolved against this directory."""
 
 DEPLOYMENT_NAMES: tuple[str, ...] = ("Ingress", "FastTier", "LLMTier")
@@ -81,6 +81,16 @@ class HTTPOptions(_Strict):
     keep_alive_timeout_s: int | None = Field(
         default=None, ge=1, description="Idle keep-alive of client connections; null: Ray's default."
     )
+    ssl_certfile: str | None = Field(
+        default=None, description="PEM certificate (chain): the proxies serve HTTPS. Goes with ssl_keyfile."
+    )
+    ssl_keyfile: str | None = Field(default=None, description="PEM private key of ssl_certfile.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HTTPOptions:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ConfigFieldError("ssl_certfile", "ssl_certfile and ssl_keyfile go together")
+        return self
 
 
 class GRPCOptions(_Strict):
@@ -318,17 +328,11 @@ def bundle_gpus(bundles: Sequence[Mapping[str, float]] | None) -> float:
     return sum(b.get("GPU", 0) for b in bundles or ())
 
 
-def resolve_repo_path(path: str | Path, repo_root: Path = REPO_ROOT) -> Path:
-    """A path from `args`: absolute as given, relative to the repository root otherwise."""
-    p = Path(path)
-    return p if p.is_absolute() else repo_root / p
-
-
 def load_llm_tier_config(app: ApplicationConfig, repo_root: Path = REPO_ROOT) -> LLMTierConfig:
     """The LLMTierConfig the application's args name (defaults when `llm_config` is null)."""
     if app.args.llm_config is None:
         return LLMTierConfig()
-    return LLMTierConfig(**yaml.safe_load(resolve_repo_path(app.args.llm_config, repo_root).read_text()))
+    return LLMTierConfig(**yaml.safe_load(repo_path(app.args.llm_config, repo_root).read_text()))
 
 
 def _check_llm_placement(config: StrictServeConfig, repo_root: Path) -> list[str]:
@@ -392,7 +396,7 @@ def _check_router_user_config(config: StrictServeConfig) -> list[str]:
                 continue
         elif user_config.get("policies_file"):
             try:
-                router_cfg = load_router_config(resolve_repo_path(str(user_config["policies_file"]), REPO_ROOT))
+                router_cfg = load_router_config(repo_path(str(user_config["policies_file"]), REPO_ROOT))
             except PolicyConfigError as exc:
                 problems.append(f"{at}.policies_file: {exc}")
                 continue

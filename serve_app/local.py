@@ -12,15 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clinie.paths import CONFIG_DIR, repo_path
 from serve_app.config import AppConfig
 
-LOCAL_CONFIG = Path(__file__).resolve().parent / "configs" / "serve.local.yaml"
+LOCAL_CONFIG = CONFIG_DIR / "serve.local.yaml"
 GRPC_SERVICER = "serve_app.grpc_service.add_ClinieServicer_to_server"
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,25 @@ def local_app_config(config_file: Path = LOCAL_CONFIG, **overrides: Any) -> tupl
     args = strict.applications[0].args.model_dump()
     args.update({k: v for k, v in overrides.items() if v is not None})
     return AppConfig.model_validate(args), strict.model_dump(mode="json", exclude_none=True)
+
+
+def prepare_models(cfg: AppConfig) -> AppConfig:
+    """Build (first run) or find the models here, with progress bars, before any replica starts:
+    the config with the fast tier's model folder filled in, and the LLM tier switched off (with a
+    word on stderr) where no LLM engine is installed to run the embedded default."""
+    from deployments.fast_tier.default import resolve_model_dir
+    from serve_app.tiers import llm_available
+
+    cfg = cfg.model_copy(update={"fast_tier_model": str(resolve_model_dir(cfg.fast_tier_model))})
+    if cfg.llm_enabled and not cfg.llm.model and cfg.llm_config is None:
+        if llm_available():
+            from deployments.llm_tier.default_model import ensure_default_llm
+
+            ensure_default_llm()
+        else:
+            print("clinie: vllm is not installed: serving without the LLM tier", file=sys.stderr)
+            cfg = cfg.model_copy(update={"llm_enabled": False})
+    return cfg
 
 
 def deploy(cfg: AppConfig, raw: dict[str, Any], timeout_s: float = 120.0) -> None:
@@ -90,8 +112,13 @@ def start(
     port: int = 8000,
     grpc_port: int = 9000,
     num_cpus: int | None = None,
+    tls: tuple[str, str] | None = None,
 ) -> LocalService:
-    """Start Ray (in this process), Serve with HTTP and gRPC proxies, and the application."""
+    """Start Ray (in this process), Serve with HTTP and gRPC proxies, and the application.
+
+    `tls` (certificate, key; PEM files), else the config's `http_options.ssl_certfile` and
+    `ssl_keyfile`: the HTTP proxy serves HTTPS. gRPC stays plaintext (Ray Serve's gRPC proxy has no
+    TLS option): put a TLS-terminating proxy in front of it (README, "TLS")."""
     import ray
     from ray import serve
     from ray.serve.config import gRPCOptions
@@ -102,21 +129,29 @@ def start(
     if not ray.is_initialized():
         ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False, log_to_driver=True)
     http = raw.get("http_options", {})
+    options: dict[str, Any] = {"host": host, "port": port, "request_timeout_s": http.get("request_timeout_s", 180)}
+    cert, key = tls or (http.get("ssl_certfile"), http.get("ssl_keyfile"))
+    if cert and key:
+        options.update(ssl_certfile=str(repo_path(cert)), ssl_keyfile=str(repo_path(key)))
     serve.start(
-        http_options={"host": host, "port": port, "request_timeout_s": http.get("request_timeout_s", 180)},
+        http_options=options,
         grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]),
     )
     deploy(cfg, raw)
-    return LocalService(f"http://{host}:{port}", f"{host}:{grpc_port}", time.perf_counter() - t0)
+    scheme = "https" if cert and key else "http"
+    return LocalService(f"{scheme}://{host}:{port}", f"{host}:{grpc_port}", time.perf_counter() - t0)
 
 
 def wait_ready(url: str, timeout_s: float = 120.0, strict: bool = False) -> float:
     """Seconds until `/readyz` answers 200 (TimeoutError after `timeout_s`)."""
     t0 = time.perf_counter()
     query = "?strict=true" if strict else ""
+    # Our own proxy, polled for its verdict only: its certificate names the public host, not the
+    # address polled here, so it is not verified (nothing is sent but the probe).
+    context = ssl._create_unverified_context() if url.startswith("https") else None
     while time.perf_counter() - t0 < timeout_s:
         try:
-            with urllib.request.urlopen(f"{url}/readyz{query}", timeout=5) as r:
+            with urllib.request.urlopen(f"{url}/readyz{query}", timeout=5, context=context) as r:
                 if r.status == 200:
                     return time.perf_counter() - t0
         except OSError:

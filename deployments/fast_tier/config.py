@@ -12,6 +12,9 @@ MANIFEST_NAME = "fast_tier.json"
 # recipe rebuilds cached models instead of serving stale ones.
 QUANT_RECIPE = "dynamic-qint8-per-channel-v1"
 CARD_NAME = "model_card.json"
+# the exported ONNX files of a model folder, by precision (written by export.py, read by the engine)
+TAGGER_FILES = {"fp32": "tagger.onnx", "int8": "tagger.int8.onnx"}
+RELATION_FILES = {"fp32": "relation.onnx", "int8": "relation.int8.onnx"}
 
 
 def embedded_encoder_dir() -> Path:

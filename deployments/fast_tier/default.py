@@ -1,9 +1,6 @@
 """The embedded default fast tier: built on first use from the shared annotated notes, then cached.
 
-Where things are (each overridable by an environment variable):
-- cache: `$CLINIE_HOME` (default `~/.cache/clinie`), models under `models/`;
-- training data: `$CLINIE_TRAIN_DATA` (default `../shared/data/kiwi-mtsamples/train` beside the repo);
-- a trained model to use instead of the default: `$CLINIE_MODEL_DIR`.
+Where things are (the cache, the training notes, `$CLINIE_MODEL_DIR`): `clinie.paths`.
 The cache key covers the training config, the data and the package version, so a change to any of
 them builds a new model instead of serving a stale one. A file lock keeps two processes from
 building the same model at once.
@@ -15,31 +12,21 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import clinie
 from clinie.brat import corpus_hash, read_corpus
 from clinie.calibration import CALIBRATION_FILE
 from clinie.ood import OOD_FILE
+from clinie.paths import default_train_data, model_dir_override, models_home
 from deployments.fast_tier.config import CARD_NAME, MANIFEST_NAME, QUANT_RECIPE, ModelManifest, TrainConfig
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def clinie_home() -> Path:
-    return Path(os.environ.get("CLINIE_HOME") or Path.home() / ".cache" / "clinie")
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get("CLINIE_TRAIN_DATA")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "kiwi-mtsamples" / "train"
 
 
 def default_train_config(output_dir: Path | None = None, data_dir: Path | None = None) -> TrainConfig:
-    data = data_dir or default_data_dir()
-    return TrainConfig(data_dir=data, output_dir=output_dir or clinie_home() / "models" / "pending")
+    data = data_dir or default_train_data()
+    return TrainConfig(data_dir=data, output_dir=output_dir or models_home() / "pending")
 
 
 def default_model_dir(data_dir: Path | None = None) -> Path:
@@ -57,7 +44,7 @@ def default_model_dir(data_dir: Path | None = None) -> Path:
         QUANT_RECIPE,
     ]
     key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
-    return clinie_home() / "models" / f"default-{key}"
+    return models_home() / f"default-{key}"
 
 
 def ensure_default_model(data_dir: Path | None = None) -> Path:
@@ -70,7 +57,7 @@ def ensure_default_model(data_dir: Path | None = None) -> Path:
     with open(target.parent / f"{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building it right now
         if not (target / MANIFEST_NAME).exists():
-            from deployments.fast_tier.train import train
+            from deployments.fast_tier.training.train import train
 
             log.warning("building the embedded default fast-tier model into %s (first run only)", target)
             train(default_train_config(output_dir=target, data_dir=data_dir))
@@ -111,12 +98,12 @@ def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         manifest = ModelManifest.model_validate_json((model_dir / MANIFEST_NAME).read_text())
         if not manifest.energy_outputs and (model_dir / "pytorch" / "tagger").is_dir():
-            from deployments.fast_tier.export import reexport
+            from deployments.fast_tier.training.export import reexport
 
             log.warning("re-exporting %s with the router's energy outputs (once)", model_dir)
             reexport(model_dir)
         if not (model_dir / OOD_FILE).exists() and (model_dir / CARD_NAME).exists():
-            from deployments.fast_tier.train import fit_ood
+            from deployments.fast_tier.training.train import fit_ood
 
             card = json.loads((model_dir / CARD_NAME).read_text())
             names = set(card["data"]["train_notes"])
@@ -125,7 +112,7 @@ def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
                 log.warning("fitting OOD statistics for %s on %d training notes (once)", model_dir, len(docs))
                 fit_ood(model_dir, docs)
         if needs_cal and dev_dir is not None and not (model_dir / CALIBRATION_FILE).exists():
-            from deployments.fast_tier.calibrate import calibrate_model
+            from deployments.fast_tier.training.calibrate import calibrate_model
 
             names = set(dev_names)
             docs = [d for d in read_corpus(dev_dir) if d.name in names]
@@ -136,9 +123,8 @@ def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
 
 def resolve_model_dir(explicit: str | Path | None = None) -> Path:
     """`explicit` (e.g. --model), else `$CLINIE_MODEL_DIR`, else the embedded default (built if needed)."""
-    chosen = explicit or os.environ.get("CLINIE_MODEL_DIR")
-    if chosen:
-        path = Path(chosen)
+    path = model_dir_override(explicit)
+    if path is not None:
         if not (path / MANIFEST_NAME).exists():
             raise FileNotFoundError(f"no trained fast-tier model at {path} ({MANIFEST_NAME} missing)")
         return path

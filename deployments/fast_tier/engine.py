@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -19,26 +20,13 @@ from tqdm.auto import tqdm
 
 from clinie.analysis import DecodedSpan, NoteAnalysis, analysis_to_result
 from clinie.calibration import CALIBRATION_FILE, ConfidenceCalibration, Kind
-from clinie.schema import (
-    ErrorBody,
-    NoteError,
-    NoteResult,
-    Route,
-)
+from clinie.schema import NoteError, NoteResult, Route
+from clinie.validation import partition_notes
 from clinie.windows import split_sentences
 from deployments.fast_tier import features as F
-from deployments.fast_tier.config import MANIFEST_NAME, EngineConfig, ModelManifest
+from deployments.fast_tier.config import MANIFEST_NAME, RELATION_FILES, TAGGER_FILES, EngineConfig, ModelManifest
 
 log = logging.getLogger(__name__)
-
-
-class InputError(ValueError):
-    """A note the engine refuses, with a machine-readable code; the message never quotes the note."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 # entity probs, modifier probs, pooled embedding, entity logit lse, modifier logit lse (or None)
@@ -58,8 +46,6 @@ class RelationBackend(Protocol):
 def onnx_backends(cfg: EngineConfig) -> tuple[TaggerBackend, RelationBackend]:
     """ONNX Runtime sessions for the configured precision and providers."""
     import onnxruntime as ort
-
-    from deployments.fast_tier.export import RELATION_FILES, TAGGER_FILES
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -94,53 +80,34 @@ def onnx_backends(cfg: EngineConfig) -> tuple[TaggerBackend, RelationBackend]:
     return run_tagger, run_relation
 
 
-def validate_text(text: object, max_chars: int) -> str:
-    """The note as a str, or an InputError naming what is wrong."""
-    if not isinstance(text, str):
-        raise InputError("invalid_text", "note text must be a string")
-    if not text:
-        raise InputError("empty_text", "note text is empty")
-    if not text.strip():
-        raise InputError("empty_text", "note text contains only whitespace")
-    if len(text) > max_chars:
-        raise InputError("note_too_long", f"note has {len(text)} characters; the limit is {max_chars}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InputError("invalid_text", f"note text is not valid Unicode (lone surrogate at {exc.start})") from exc
-    return text
+def fast_route(reason: str = "policy:fast-only") -> Route:
+    """The route of a result the fast tier answered alone, outside the router (`extract`, the
+    benchmarks). Routing signals are the router's alone (`router.compute_signals`); the
+    orchestration puts them into `route.signals` of every routed answer."""
+    return Route(tier="bert", escalated=False, reason=reason, signals={})
 
 
-def partition_notes(
-    notes: Sequence[tuple[str | None, object]], max_chars: int
-) -> tuple[list[NoteResult | NoteError | None], list[tuple[int, str | None, str]]]:
-    """Result slots in input order (a NoteError where a note is refused, None elsewhere) and the
-    accepted notes as (slot index, note_id, text): one bad note never stops the others."""
-    slots: list[NoteResult | NoteError | None] = [None] * len(notes)
-    valid: list[tuple[int, str | None, str]] = []
-    for i, (note_id, text) in enumerate(notes):
-        try:
-            valid.append((i, note_id, validate_text(text, max_chars)))
-        except InputError as err:
-            slots[i] = NoteError(note_id=note_id, error=ErrorBody(code=err.code, message=err.message))
-    return slots, valid
+@dataclass
+class _TagOutputs:
+    """The tagger's per-token outputs of each note of a batch, stitched from its windows."""
 
+    ent_probs: list[np.ndarray]
+    mod_probs: list[np.ndarray]
+    ent_lse: list[np.ndarray] | None
+    mod_lse: list[np.ndarray] | None
+    emb_sum: list[np.ndarray]
+    emb_weight: list[float]
 
-def confidence_signals(a: NoteAnalysis) -> dict[str, float]:
-    """Lowest and mean span confidence of a note (1.0 when it has no span): the confidences the
-    result reports, so calibrated when the model has a calibrator (as router/signals.py reads them)."""
-    confs = [s.confidence for s in [*a.entities, *a.modifiers]]
-    if not confs:
-        return {"min_span_confidence": 1.0, "mean_span_confidence": 1.0}
-    return {
-        "min_span_confidence": round(min(confs), 4),
-        "mean_span_confidence": round(float(np.mean(confs)), 4),
-    }
-
-
-def fast_route(a: NoteAnalysis, reason: str = "policy:fast-only") -> Route:
-    """The route of a result the fast tier answered alone."""
-    return Route(tier="bert", escalated=False, reason=reason, signals=confidence_signals(a))
+    @classmethod
+    def empty(cls, encoded: list[F.EncodedNote], n_ent: int, n_mod: int, hidden: int) -> _TagOutputs:
+        return cls(
+            ent_probs=[np.zeros((len(e.ids), n_ent), np.float32) for e in encoded],
+            mod_probs=[np.zeros((len(e.ids), n_mod), np.float32) for e in encoded],
+            ent_lse=[np.zeros(len(e.ids), np.float32) for e in encoded],
+            mod_lse=[np.zeros(len(e.ids), np.float32) for e in encoded],
+            emb_sum=[np.zeros(hidden, np.float32) for _ in encoded],
+            emb_weight=[0.0 for _ in encoded],
+        )
 
 
 class FastTierEngine:
@@ -186,7 +153,7 @@ class FastTierEngine:
             return "uncalibrated: calibration switched off (EngineConfig.calibrate=false); raw scores"
         return (
             f"uncalibrated: no {CALIBRATION_FILE} in the model directory; confidences are raw "
-            "(overconfident) scores. Fit one: python -m deployments.fast_tier.calibrate --model DIR"
+            "(overconfident) scores. Fit one: python -m deployments.fast_tier.training.calibrate --model DIR"
         )
 
     @property
@@ -218,56 +185,9 @@ class FastTierEngine:
         t0 = time.perf_counter()
         m = self.manifest
         encoded = [F.encode_note(self.tokenizer, text, m.window_tokens, m.window_stride) for _, text in notes]
-        jobs = [(n, w) for n, enc in enumerate(encoded) for w in range(len(enc.windows))]
-        ent_probs = [np.zeros((len(e.ids), len(m.entity_tags)), np.float32) for e in encoded]
-        mod_probs = [np.zeros((len(e.ids), len(m.modifier_tags)), np.float32) for e in encoded]
-        emb_sum = [np.zeros(m.hidden_size, np.float32) for _ in encoded]
-        emb_weight = [0.0 for _ in encoded]
-        ent_lse: list[np.ndarray] | None = [np.zeros(len(e.ids), np.float32) for e in encoded]
-        mod_lse: list[np.ndarray] | None = [np.zeros(len(e.ids), np.float32) for e in encoded]
-        jobs.sort(key=lambda j: encoded[j[0]].windows[j[1]].end - encoded[j[0]].windows[j[1]].start)
-        bar = tqdm(total=len(jobs), desc="tag windows", unit="win", disable=not progress)
-        for b in range(0, len(jobs), self.cfg.batch_size):
-            batch = jobs[b : b + self.cfg.batch_size]
-            seqs = [F.window_inputs(encoded[n], encoded[n].windows[w], self.special) for n, w in batch]
-            ids, mask = F.pad_batch(seqs, self.special.pad)
-            ent, mod, pooled, e_lse, m_lse = self.run_tagger(ids, mask)
-            if e_lse is None or m_lse is None:
-                ent_lse = mod_lse = None  # a model exported before the energy signal
-            for row, (n, w) in enumerate(batch):
-                win = encoded[n].windows[w]
-                lo, hi = win.own_start - win.start + 1, win.own_end - win.start + 1
-                ent_probs[n][win.own_start : win.own_end] = ent[row, lo:hi]
-                mod_probs[n][win.own_start : win.own_end] = mod[row, lo:hi]
-                if ent_lse is not None and mod_lse is not None and e_lse is not None and m_lse is not None:
-                    ent_lse[n][win.own_start : win.own_end] = e_lse[row, lo:hi]
-                    mod_lse[n][win.own_start : win.own_end] = m_lse[row, lo:hi]
-                size = win.end - win.start
-                emb_sum[n] += pooled[row] * size
-                emb_weight[n] += size
-            bar.update(len(batch))
-        bar.close()
-
-        analyses = []
-        for n, (note_id, text) in enumerate(notes):
-            enc = encoded[n]
-            analyses.append(
-                NoteAnalysis(
-                    note_id=note_id,
-                    text=text,
-                    sentences=split_sentences(text),
-                    entities=F.decode_spans(ent_probs[n], enc.offsets, m.entity_tags, enc.words),
-                    modifiers=F.decode_spans(mod_probs[n], enc.offsets, m.modifier_tags, enc.words),
-                    relations=[],
-                    token_offsets=enc.offsets,
-                    entity_probs=ent_probs[n],
-                    modifier_probs=mod_probs[n],
-                    embedding=emb_sum[n] / max(emb_weight[n], 1.0),
-                    entity_lse=ent_lse[n] if ent_lse is not None else None,
-                    modifier_lse=mod_lse[n] if mod_lse is not None else None,
-                    model_tag=self.model_tag,
-                )
-            )
+        tags = self._tag_windows(encoded, progress)
+        pairs = enumerate(zip(notes, encoded, strict=True))
+        analyses = [self._analysis(nid, text, enc, tags, n) for n, ((nid, text), enc) in pairs]
         if self.calibration is not None:
             for a in analyses:
                 self._calibrate_spans(a.entities, "entity")
@@ -281,9 +201,59 @@ class FastTierEngine:
             a.elapsed_ms = elapsed * max(1, len(enc.ids)) / total_tokens  # batch time, shared by size
         return analyses
 
+    def _tag_windows(self, encoded: list[F.EncodedNote], progress: bool) -> _TagOutputs:
+        """The tagger over every window of every note, batched across notes (windows sorted by
+        length, so padding stays small); each window's own tokens written back to its note."""
+        m = self.manifest
+        out = _TagOutputs.empty(encoded, len(m.entity_tags), len(m.modifier_tags), m.hidden_size)
+        jobs = [(n, w) for n, enc in enumerate(encoded) for w in range(len(enc.windows))]
+        jobs.sort(key=lambda j: encoded[j[0]].windows[j[1]].end - encoded[j[0]].windows[j[1]].start)
+        bar = tqdm(total=len(jobs), desc="tag windows", unit="win", disable=not progress)
+        for b in range(0, len(jobs), self.cfg.batch_size):
+            batch = jobs[b : b + self.cfg.batch_size]
+            seqs = [F.window_inputs(encoded[n], encoded[n].windows[w], self.special) for n, w in batch]
+            ids, mask = F.pad_batch(seqs, self.special.pad)
+            ent, mod, pooled, e_lse, m_lse = self.run_tagger(ids, mask)
+            if e_lse is None or m_lse is None:
+                out.ent_lse = out.mod_lse = None  # a model exported before the energy signal
+            for row, (n, w) in enumerate(batch):
+                win = encoded[n].windows[w]
+                own = slice(win.own_start, win.own_end)
+                lo, hi = win.own_start - win.start + 1, win.own_end - win.start + 1
+                out.ent_probs[n][own] = ent[row, lo:hi]
+                out.mod_probs[n][own] = mod[row, lo:hi]
+                if out.ent_lse is not None and out.mod_lse is not None and e_lse is not None and m_lse is not None:
+                    out.ent_lse[n][own] = e_lse[row, lo:hi]
+                    out.mod_lse[n][own] = m_lse[row, lo:hi]
+                size = win.end - win.start
+                out.emb_sum[n] += pooled[row] * size
+                out.emb_weight[n] += size
+            bar.update(len(batch))
+        bar.close()
+        return out
+
+    def _analysis(self, note_id: str | None, text: str, enc: F.EncodedNote, tags: _TagOutputs, n: int) -> NoteAnalysis:
+        """Note `n`'s decoded spans and evidence (relations come after, from `_relations`)."""
+        m = self.manifest
+        return NoteAnalysis(
+            note_id=note_id,
+            text=text,
+            sentences=split_sentences(text),
+            entities=F.decode_spans(tags.ent_probs[n], enc.offsets, m.entity_tags, enc.words),
+            modifiers=F.decode_spans(tags.mod_probs[n], enc.offsets, m.modifier_tags, enc.words),
+            relations=[],
+            token_offsets=enc.offsets,
+            entity_probs=tags.ent_probs[n],
+            modifier_probs=tags.mod_probs[n],
+            embedding=tags.emb_sum[n] / max(tags.emb_weight[n], 1.0),
+            entity_lse=tags.ent_lse[n] if tags.ent_lse is not None else None,
+            modifier_lse=tags.mod_lse[n] if tags.mod_lse is not None else None,
+            model_tag=self.model_tag,
+        )
+
     def to_result(self, a: NoteAnalysis, route: Route | None = None) -> NoteResult:
         """Contract-shaped result with ids T1.. (entities first, then modifiers, each by offset)."""
-        return analysis_to_result(a, route or fast_route(a))
+        return analysis_to_result(a, route or fast_route())
 
     # -- calibration ------------------------------------------------------------------------
 

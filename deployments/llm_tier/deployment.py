@@ -25,9 +25,9 @@ from typing import Any
 
 from ray import serve
 
+from clinie.errors import LLMUnavailable
 from clinie.schema import NoteResult
 from deployments.llm_tier.config import LLMTierConfig
-from deployments.llm_tier.engine import LLMUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -21,21 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from clinie.errors import LLMTimeout
+from clinie.paths import clinie_home
 from clinie.schema import NoteResult
-from deployments.fast_tier.default import clinie_home
 from deployments.llm_tier import extract as X
 from deployments.llm_tier.config import LLMTierConfig
 from deployments.llm_tier.prompts import Message
 
 log = logging.getLogger(__name__)
-
-
-class LLMTimeout(TimeoutError):
-    """A note's extraction missed its deadline; the engine's requests for it were aborted."""
-
-
-class LLMUnavailable(RuntimeError):
-    """The LLM tier is not ready (starting or failed); the caller answers from the fast tier."""
 
 
 class LLMEngine(Protocol):

@@ -12,14 +12,19 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from clinie.brat import Document, read_corpus
 from clinie.markup import render
+from clinie.split import split_corpus
 from clinie.windows import split_sentences
 from deployments.llm_tier.prompts import Message, entity_messages, modifier_messages
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerBase
 
 
 class LoRAConfig(BaseModel):
@@ -69,13 +74,82 @@ def sft_examples(docs: list[Document]) -> list[tuple[list[Message], str]]:
     return out
 
 
+def _encode_examples(
+    tok: PreTrainedTokenizerBase, docs: list[Document], max_length: int
+) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """(input ids, labels) of each SFT example that fits `max_length`, labels -100 on the prompt
+    (loss on the answer tokens only), and how many were too long."""
+    encoded, skipped = [], 0
+    for messages, target in sft_examples(docs):
+        prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        p_ids = tok(prompt, add_special_tokens=False).input_ids
+        t_ids = [*tok(target, add_special_tokens=False).input_ids, tok.eos_token_id]
+        if len(p_ids) + len(t_ids) > max_length:
+            skipped += 1
+            continue
+        encoded.append((p_ids + t_ids, [-100] * len(p_ids) + t_ids))
+    if not encoded:
+        raise ValueError("no training example fits max_length")
+    return encoded, skipped
+
+
+def _sft_steps(
+    model: PeftModel,
+    tok: PreTrainedTokenizerBase,
+    encoded: list[tuple[list[int], list[int]]],
+    cfg: LoRAConfig,
+) -> list[float]:
+    """`cfg.max_steps` AdamW steps on random batches of `encoded`; the loss of each step."""
+    import torch
+    from tqdm.auto import tqdm
+
+    rng = random.Random(cfg.seed)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    model.train()
+    losses: list[float] = []
+    for _ in tqdm(range(cfg.max_steps), desc="LoRA SFT", unit="step"):
+        batch = rng.sample(encoded, min(cfg.batch_size, len(encoded)))
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in batch], device=cfg.device)
+        labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in batch], device=cfg.device)
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in batch], device=cfg.device)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _save_adapter(
+    model: PeftModel,
+    cfg: LoRAConfig,
+    base: str,
+    train_docs: list[Document],
+    examples: int,
+    skipped: int,
+    losses: list[float],
+) -> None:
+    """Write the adapter (peft format) and its `lora_card.json` into `cfg.output_dir`."""
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(cfg.output_dir))
+    card = {
+        "base_model": base,
+        "train_notes": [d.name for d in train_docs],
+        "examples": examples,
+        "skipped_too_long": skipped,
+        "losses_first_last": [round(losses[0], 4), round(losses[-1], 4)],
+        "config": cfg.model_dump(mode="json"),
+    }
+    (cfg.output_dir / "lora_card.json").write_text(json.dumps(card, indent=2))
+
+
 def train_lora(cfg: LoRAConfig) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
-    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from deployments.fast_tier.train import split_corpus
     from deployments.llm_tier.default_model import ensure_default_llm
 
     torch.manual_seed(cfg.seed)
@@ -95,42 +169,7 @@ def train_lora(cfg: LoRAConfig) -> Path:
             task_type="CAUSAL_LM",
         ),
     )
-    encoded, skipped = [], 0
-    for messages, target in sft_examples(train_docs):
-        prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        p_ids = tok(prompt, add_special_tokens=False).input_ids
-        t_ids = [*tok(target, add_special_tokens=False).input_ids, tok.eos_token_id]
-        if len(p_ids) + len(t_ids) > cfg.max_length:
-            skipped += 1
-            continue
-        encoded.append((p_ids + t_ids, [-100] * len(p_ids) + t_ids))
-    if not encoded:
-        raise ValueError("no training example fits max_length")
-    rng = random.Random(cfg.seed)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    model.train()
-    losses: list[float] = []
-    for _ in tqdm(range(cfg.max_steps), desc="LoRA SFT", unit="step"):
-        batch = rng.sample(encoded, min(cfg.batch_size, len(encoded)))
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in batch], device=cfg.device)
-        labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in batch], device=cfg.device)
-        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in batch], device=cfg.device)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(cfg.output_dir))
-    card = {
-        "base_model": base,
-        "train_notes": [d.name for d in train_docs],
-        "examples": len(encoded),
-        "skipped_too_long": skipped,
-        "losses_first_last": [round(losses[0], 4), round(losses[-1], 4)],
-        "config": cfg.model_dump(mode="json"),
-    }
-    (cfg.output_dir / "lora_card.json").write_text(json.dumps(card, indent=2))
+    encoded, skipped = _encode_examples(tok, train_docs, cfg.max_length)
+    losses = _sft_steps(model, tok, encoded, cfg)
+    _save_adapter(model, cfg, base, train_docs, len(encoded), skipped, losses)
     return cfg.output_dir

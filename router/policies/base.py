@@ -109,6 +109,10 @@ class Policy(ABC):
     """A routing policy. Subclasses set `Config` and implement `decide`."""
 
     Config: ClassVar[type[PolicyConfig]] = PolicyConfig
+    # Whether the policy decides on the fast tier's analysis. One that does not (llm-only) lets
+    # the orchestration send the note straight to the LLM tier and run the fast pass only as the
+    # fallback when the LLM tier cannot answer.
+    needs_fast_pass: ClassVar[bool] = True
 
     def __init__(self, name: str, config: PolicyConfig, resolve: Callable[[str], Policy]):
         self.name = name

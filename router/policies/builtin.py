@@ -36,6 +36,7 @@ class LLMOnly(Policy):
     """Every note goes to the LLM tier (quality and cost ceiling)."""
 
     Config = LLMOnlyConfig
+    needs_fast_pass = False
 
     def decide(self, ctx: RouteContext) -> Decision:
         return ctx.escalate([], f"policy:{self.name}", whole_note=True)

@@ -16,6 +16,7 @@ from clinie.brat import read_corpus
 from clinie.schema import NoteError, NoteResult, is_allowed_pair
 from deployments.fast_tier.config import EngineConfig
 from deployments.fast_tier.engine import FastTierEngine
+from router import compute_signals
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +80,8 @@ def test_training_fits_and_the_engine_applies_confidence_calibration(model_dir: 
     (result,) = engine.extract([("n", text)])
     assert isinstance(result, NoteResult)
     assert [e.confidence for e in result.entities] == [round(s.confidence, 4) for s in a.entities]
-    assert result.route.signals["min_span_confidence"] == round(min(s.confidence for s, _ in spans), 4)
+    # the router's span signal reads the confidences the result reports
+    assert compute_signals(a).note["min_span_confidence"] == round(min(s.confidence for s, _ in spans), 4)
 
 
 def test_cli_extract_then_evaluate_shows_learning(model_dir: Path, train_dir: Path, tmp_path: Path):

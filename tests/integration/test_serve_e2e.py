@@ -66,8 +66,26 @@ def policies_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+TINY_KEY = "tiny-tenant-key-000001"  # a tenant with a tight rate limit (tenants file below)
+LATE_KEY = "late-tenant-key-000002"  # added to the file while the service runs
+
+
+def tenants_doc(*extra: dict[str, Any]) -> dict[str, Any]:
+    # The environment's keys (KEY, other-key) get `default_limit`: high, so the load tests meet
+    # admission, not a rate limit.
+    tiny = {"name": "tiny", "key": TINY_KEY, "limit": {"notes_per_s": 0.01, "burst": 2}}
+    return {"default_limit": {"notes_per_s": 10_000, "burst": 10_000}, "tenants": [tiny, *extra]}
+
+
 @pytest.fixture(scope="module")
-def service(tiny_model: Path, clinie_home: Path, policies_file: Path) -> Iterator[dict[str, Any]]:
+def tenants_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("secrets") / "tenants.yaml"
+    path.write_text(yaml.safe_dump(tenants_doc()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def service(tiny_model: Path, clinie_home: Path, policies_file: Path, tenants_file: Path) -> Iterator[dict[str, Any]]:
     from serve_app import local
 
     os.environ["CLINIE_HOME"] = str(clinie_home)  # the Ray workers inherit this process's environment
@@ -76,7 +94,10 @@ def service(tiny_model: Path, clinie_home: Path, policies_file: Path) -> Iterato
 
     ensure_default_llm()
     cfg, raw = local.local_app_config(
-        fast_tier_model=str(tiny_model), policies_file=str(policies_file), api_keys_env="CLINIE_TEST_KEYS"
+        fast_tier_model=str(tiny_model),
+        policies_file=str(policies_file),
+        api_keys_env="CLINIE_TEST_KEYS",
+        tenants_file=str(tenants_file),
     )
     # cap = 4 x max_replicas (2) = 8 notes in flight: small, so the overload test (24 clients)
     # reaches it, and just enough for the 8 clients of the scaling test
@@ -197,11 +218,69 @@ def test_the_openapi_document_holds_under_schemathesis(service: dict[str, Any]):
     assert call("/readyz")[0] == 200
 
 
+def test_generated_bad_input_over_http_and_grpc(service: dict[str, Any]):
+    """A few hundred of benchmarks/fuzz.py's seeded cases (random bytes, JSON shapes, deep nesting,
+    wrong types, odd Unicode, oversized fields, random policies and deadlines) over real HTTP and
+    gRPC: never a 5xx but 503 (or 504 `deadline_exceeded`), every 4xx with the contract's body,
+    every 200 with exact offsets, nothing unanswered, and the service answers afterwards."""
+    from benchmarks.fuzz import run
+
+    report = run(URL, f"127.0.0.1:{GRPC_PORT}", n=240, seed=11, key=KEY, workers=4)
+    assert report["violation_count"] == 0, report["violations"][:20]
+    assert report["answers_afterwards"] == 200
+    http = {k: v for k, v in report["statuses"].items() if k.startswith("http ")}
+    assert sum(http.values()) == 240 and http.get("http 200", 0) >= 10 and http.get("http 400", 0) >= 50, http
+    print(f"fuzz: {report['statuses']}")
+
+
 def test_api_key_is_required_when_configured(service: dict[str, Any]):
     status, body, _ = call("/v1/extract", {"text": NOTE}, key=None)
     assert (status, body["error"]["code"]) == (401, "unauthorized")
     assert call("/v1/extract", {"text": NOTE}, key="wrong")[0] == 401
     assert call("/v1/extract", {"text": NOTE, "policy": "fast-only"}, key="other-key")[0] == 200
+
+
+def test_a_tenant_over_its_rate_limit_gets_429_and_others_do_not(service: dict[str, Any]):
+    body = {"text": NOTE, "policy": "fast-only"}
+    statuses = [call("/v1/extract", body, key=TINY_KEY) for _ in range(4)]
+    assert [s for s, _, _ in statuses[:2]] == [200, 200]  # the burst
+    status, err, headers = statuses[2]
+    assert (status, err["error"]["code"]) == (429, "rate_limited"), err
+    assert "'tiny'" in err["error"]["message"] and "0.01 notes/s, burst 2" in err["error"]["message"]
+    assert int(headers["retry-after"]) >= 1
+    assert call("/v1/extract", body)[0] == 200  # one tenant's limit is not another's
+    with pytest.raises(grpc.RpcError) as rpc:
+        _grpc_stub().Extract(pb_request(), metadata=(("authorization", f"Bearer {TINY_KEY}"),), timeout=60)
+    assert rpc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "rate_limited" in rpc.value.details()
+
+
+def test_tenants_file_reloads_without_a_restart(service: dict[str, Any], tenants_file: Path):
+    body = {"text": NOTE, "policy": "fast-only"}
+    assert call("/v1/extract", body, key=LATE_KEY)[0] == 401
+    tenants_file.write_text(yaml.safe_dump(tenants_doc({"name": "late", "key": LATE_KEY})))
+    t0 = time.perf_counter()
+    while call("/v1/extract", body, key=LATE_KEY)[0] != 200:
+        assert time.perf_counter() - t0 < 15, "the new key was not picked up"
+        time.sleep(0.5)
+    tenants_file.write_text(yaml.safe_dump(tenants_doc()))
+    t0 = time.perf_counter()
+    while call("/v1/extract", body, key=LATE_KEY)[0] != 401:
+        assert time.perf_counter() - t0 < 15, "the removed key still works"
+        time.sleep(0.5)
+
+
+def test_readiness_shows_details_only_to_callers_with_a_key(service: dict[str, Any]):
+    status, body, _ = call("/readyz", key=None)
+    assert status == 200 and body == {"ready": True, "components": {}, "missing": []}
+    status, body, _ = call("/readyz")
+    assert status == 200 and body["components"]["fast_tier"]["model"].startswith("clinie-fast@")
+    assert "/" not in body["components"]["router"]["source"]  # a file name, never a path
+
+
+def pb_request() -> Any:
+    from clinie.proto import clinie_pb2 as pb
+
+    return pb.ExtractRequest(text=NOTE, policy="fast-only")
 
 
 def _grpc_stub() -> Any:
@@ -518,7 +597,9 @@ def test_fast_tier_scales_out_under_load_and_back(service: dict[str, Any]):
 
 def test_fast_tier_replica_killed_under_load(service: dict[str, Any]):
     """A FastTier replica dies while clients send notes: every request ends in a result or a
-    retryable 503 (the ingress retries once on another replica), never a 500; ready again after."""
+    retryable refusal with `Retry-After` (503 when the ingress's one retry on another replica fails
+    too; 429 from admission while no replica runs and the replacement cannot start inside the
+    deadline), never a 500; ready again after."""
     import ray
 
     stop = time.time() + 12
@@ -538,8 +619,8 @@ def test_fast_tier_replica_killed_under_load(service: dict[str, Any]):
         for f in futures:
             f.result()
     codes = [s for s, _ in answers]
-    assert codes.count(200) > 0 and set(codes) <= {200, 503}, {c: codes.count(c) for c in set(codes)}
-    assert all(h.get("retry-after") for s, h in answers if s == 503)
+    assert codes.count(200) > 0 and set(codes) <= {200, 429, 503}, {c: codes.count(c) for c in set(codes)}
+    assert all(h.get("retry-after") for s, h in answers if s in (429, 503))
     t0 = time.time()
     while call("/readyz")[0] != 200 and time.time() - t0 < 60:
         time.sleep(1)

@@ -21,9 +21,9 @@ from clinie.calibration import (
     reliability_bins,
 )
 from deployments.fast_tier import features as F
-from deployments.fast_tier.calibrate import MIN_SAMPLES, NoteScores, cross_fit, fit_calibration, label_note
 from deployments.fast_tier.config import MANIFEST_NAME, EngineConfig, ModelManifest, embedded_encoder_dir
 from deployments.fast_tier.engine import FastTierEngine
+from deployments.fast_tier.training.calibrate import MIN_SAMPLES, NoteScores, cross_fit, fit_calibration, label_note
 from router.signals import compute_signals
 
 
@@ -286,8 +286,8 @@ def test_engine_reports_calibrated_confidences_and_signals_read_them(model_dir: 
     # The raw score stays available; the relation decision and margin keep the raw probability.
     assert a.calibrated and a.entities[0].raw_confidence == pytest.approx(0.7)
     assert a.pair_probs[0][2] == pytest.approx(0.9)
-    # Routing reads the same confidences the result reports.
-    assert res.route.signals["min_span_confidence"] == pytest.approx(0.35, abs=1e-4)
+    # Routing reads the same confidences the result reports (the router alone computes signals).
+    assert res.route.signals == {}
     assert compute_signals(a).note["min_span_confidence"] == pytest.approx(0.35, abs=1e-4)
     assert compute_signals(a).note["min_relation_margin"] == pytest.approx(0.8, abs=1e-4)
 
@@ -313,7 +313,7 @@ def test_platt_on_a_score_that_ranks_backwards_falls_back_to_the_base_rate():
 
 
 def test_few_samples_use_platt_instead_of_an_overfitting_isotonic_map():
-    from deployments.fast_tier.calibrate import ISOTONIC_MIN_SAMPLES
+    from deployments.fast_tier.training.calibrate import ISOTONIC_MIN_SAMPLES
 
     small = fit_calibration(_notes(4, 40), "t@v1", "synthetic", method="isotonic")
     assert 4 * 40 < ISOTONIC_MIN_SAMPLES and small.maps["entity"].method == "platt"

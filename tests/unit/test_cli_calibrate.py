@@ -8,9 +8,11 @@ import pytest
 import yaml
 
 from clinie.brat import Document, write_document
+from clinie.paths import DEFAULT_POLICIES
 from router import PolicyConfigError, Router, load_router_config, parse_router_config
-from serve_app import cli
-from serve_app.cli import calibrated_policies, main
+from serve_app import calibrate
+from serve_app.calibrate import CalibrationError, calibrated_policies
+from serve_app.cli import main
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +92,7 @@ def test_output_must_be_yaml_and_target_is_required(tmp_path: Path, capsys):
 
 
 def test_gain_policies_validate_keep_the_others_and_record_the_models():
-    base = yaml.safe_load(cli.DEFAULT_POLICY_FILE.read_text())
+    base = yaml.safe_load(DEFAULT_POLICIES.read_text())
     spec = {
         "kind": "gain",
         "signal": "min_margin",
@@ -100,7 +102,7 @@ def test_gain_policies_validate_keep_the_others_and_record_the_models():
         "buckets": [{"upper": 0.2, "gain": 0.3, "se": 0.01, "sentences": 60}, {"upper": None, "gain": -0.1}],
     }
     ids = {"fast": "clinie-fast@0123abcd", "llm": "Meta-Llama-3-8B-Instruct+lora:sft", "data": "dev"}
-    raw, budget = cli.gain_policies(base, spec, ids)
+    raw, budget = calibrate.gain_policies(base, spec, ids)
     cfg = parse_router_config(raw)
     assert cfg.default_policy == "default" and raw["policies"]["default"] == {
         "kind": "budget",
@@ -114,7 +116,7 @@ def test_gain_policies_validate_keep_the_others_and_record_the_models():
     r.set_running_models(fast=ids["fast"], llm=ids["llm"])
     assert r.model_check()["match"]
     with pytest.raises(PolicyConfigError, match=r"^calibrated_for\.fast:"):
-        parse_router_config(cli.gain_policies(base, spec, {**ids, "fast": "no version"})[0])
+        parse_router_config(calibrate.gain_policies(base, spec, {**ids, "fast": "no version"})[0])
 
 
 def test_llm_model_id_comes_from_the_predictions():
@@ -123,14 +125,14 @@ def test_llm_model_id_comes_from_the_predictions():
     def result(model: str) -> NoteResult:
         return NoteResult(note_id="n", route=Route(tier="llm", escalated=True, reason=""), models={"llm": model})
 
-    assert cli._llm_model_id({"a": result("m1"), "b": result("m1")}, None) == "m1"
-    assert cli._llm_model_id({"a": result("m1")}, "explicit") == "explicit"
-    with pytest.raises(cli.UsageError, match="--llm-model-id"):
-        cli._llm_model_id({"a": result("m1"), "b": result("m2")}, None)
+    assert calibrate.llm_model_id({"a": result("m1"), "b": result("m1")}, None) == "m1"
+    assert calibrate.llm_model_id({"a": result("m1")}, "explicit") == "explicit"
+    with pytest.raises(CalibrationError, match="--llm-model-id"):
+        calibrate.llm_model_id({"a": result("m1"), "b": result("m2")}, None)
 
 
 def test_calibrated_policies_validate_and_keep_the_base_budget(tmp_path: Path):
-    base = yaml.safe_load(cli.DEFAULT_POLICY_FILE.read_text())
+    base = yaml.safe_load(DEFAULT_POLICIES.read_text())
     base["policies"]["extra"] = {"kind": "threshold", "signal": "min_margin", "threshold": 0.1}
     raw, budget = calibrated_policies(base, "max_entropy", 0.42, "sentence")
     cfg = parse_router_config(raw)

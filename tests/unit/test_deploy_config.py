@@ -288,3 +288,11 @@ def test_router_shedding_below_the_llm_target_is_refused(production: dict[str, A
     assert f"{DEP}.{INGRESS}.user_config.config.load.max_llm_queue: 16 sheds" in message
     # The router's built-in fallback (no user_config) sheds at 8: too early for production too.
     assert "max_llm_queue: 8 sheds" in _refused(production, lambda d: _dep(d, INGRESS).pop("user_config"))
+
+
+def test_https_needs_both_certificate_and_key(production: dict[str, Any]) -> None:
+    message = _refused(production, lambda d: d["http_options"].update(ssl_certfile="/secrets/tls.crt"))
+    assert "http_options.ssl_certfile: ssl_certfile and ssl_keyfile go together" in message
+    both = copy.deepcopy(production)
+    both["http_options"].update(ssl_certfile="/secrets/tls.crt", ssl_keyfile="/secrets/tls.key")
+    validate_deploy_config(both, check_with_ray=False)

@@ -16,7 +16,7 @@ import ray
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from serve_app.deploy_config import REPO_ROOT
+from clinie.paths import REPO_ROOT
 from serve_app.metrics import Metrics
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "clinie.json"

@@ -14,7 +14,8 @@ import jsonschema
 import pytest
 import yaml
 
-from serve_app.deploy_config import REPO_ROOT, bundle_gpus, load_llm_tier_config, validate_deploy_config
+from clinie.paths import REPO_ROOT
+from serve_app.deploy_config import bundle_gpus, load_llm_tier_config, validate_deploy_config
 
 KUBERAY_DIR = REPO_ROOT / "deploy" / "kuberay"
 MANIFEST = KUBERAY_DIR / "rayservice.yaml"

@@ -16,13 +16,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from deployments.fast_tier.engine import InputError, validate_text
+from clinie.errors import InputError
+from clinie.paths import DEFAULT_POLICIES
+from clinie.validation import validate_text
 from router import Router, UnknownPolicy, load_router_config
 from serve_app import openapi
-from serve_app.ingress import ExtractRequest
+from serve_app.wire import ExtractRequest
 
 DOC = json.loads(openapi.COMMITTED.read_text())
-INGRESS = Path(openapi.__file__).with_name("ingress.py").read_text()
+# where the application raises request-level errors: the transport, the note service, the wire
+RAISERS = "".join(Path(openapi.__file__).with_name(f).read_text() for f in ("ingress.py", "service.py", "wire.py"))
 
 
 def test_committed_document_is_current():
@@ -46,9 +49,9 @@ def test_every_reference_resolves():
 
 
 def test_every_error_the_ingress_raises_is_documented():
-    raised = set(re.findall(r'ApiError\(\s*(\d{3}),\s*"([a-z_]+)"', INGRESS))
+    raised = set(re.findall(r'ApiError\(\s*(\d{3}),\s*"([a-z_]+)"', RAISERS))
     assert len(raised) >= 8  # the pattern still finds them
-    # the fast tier's input errors travel with their own codes (ingress `_validate`)
+    # the fast tier's input errors travel with their own codes (`NoteService._validate`)
     raised |= {(400, "empty_text"), (400, "invalid_text"), (413, "note_too_long")}
     for status, code in raised:
         assert code in openapi.ERROR_CODES[int(status)], (status, code)
@@ -70,7 +73,7 @@ POLICIES = DOC["components"]["schemas"]["ExtractRequest"]["properties"]["policy"
 MAX_CHARS = DOC["components"]["schemas"]["ExtractRequest"]["properties"]["text"]["maxLength"]
 
 
-ROUTER = Router(load_router_config(Path(openapi.__file__).with_name("configs") / "policies.default.yaml"))
+ROUTER = Router(load_router_config(DEFAULT_POLICIES))
 
 
 def _service_accepts(body: dict[str, Any]) -> bool:

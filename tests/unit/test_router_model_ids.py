@@ -45,13 +45,13 @@ def test_pipeline_tells_its_router_the_running_models(tmp_path):
     pipeline = Pipeline(router=router, llm=LLMTierConfig())
     # the fast engine stands in with what the pipeline reads of it (no model is loaded)
     pipeline._fast = SimpleNamespace(cfg=SimpleNamespace(model_dir=tmp_path), model_tag="clinie-fast@a9bed267db")
-    pipeline._tiers()
+    pipeline._tiers(True)
     check = router.model_check()
     assert check["running"] == {"fast": "clinie-fast@a9bed267db", "llm": f"{DEFAULT_LLM_NAME}-v{CONVERSION_VERSION}"}
     assert check["match"] is True
     other = Pipeline(router=router, llm=LLMTierConfig(served_name="llama3-prod"))
     other._fast = pipeline._fast
-    other._tiers()
+    other._tiers(True)
     assert router.model_check()["mismatches"] == [
         f"llm: calibrated for '{DEFAULT_LLM_NAME}-v{CONVERSION_VERSION}', running 'llama3-prod'"
     ]

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from clinie.brat import Document, corpus_hash, read_corpus
 from clinie.ood import OOD_FILE, OODStats
+from clinie.split import split_corpus
 from clinie.windows import split_sentences
 from deployments.fast_tier import features as F
 from deployments.fast_tier.config import (
@@ -34,19 +35,10 @@ from deployments.fast_tier.config import (
     TrainConfig,
     embedded_encoder_dir,
 )
-from deployments.fast_tier.modeling import JointTagger, RelationClassifier, load_encoder, save_module
+from deployments.fast_tier.training.modeling import JointTagger, RelationClassifier, load_encoder, save_module
 
 log = logging.getLogger(__name__)
 IGNORE = -100
-
-
-def split_corpus(docs: Sequence[Document], dev_size: int, seed: int) -> tuple[list[Document], list[Document]]:
-    """A fixed split: notes sorted by name, shuffled with `seed`, the first `dev_size` are dev."""
-    ordered = sorted(docs, key=lambda d: d.name)
-    random.Random(seed).shuffle(ordered)
-    dev = sorted(ordered[:dev_size], key=lambda d: d.name)
-    train = sorted(ordered[dev_size:], key=lambda d: d.name)
-    return train, dev
 
 
 @dataclass
@@ -245,17 +237,57 @@ def _version(cfg: TrainConfig, data_hash: str) -> str:
     return hashlib.sha256((payload + data_hash).encode()).hexdigest()[:10]
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train, export and evaluate a fast tier into `cfg.output_dir`; returns that directory."""
-    from deployments.fast_tier.export import export_relation, export_tagger
+@dataclass
+class _Split:
+    """The notes read for training, their content hash, and the train/dev split of them."""
 
-    t0 = time.perf_counter()
+    docs: list[Document]
+    train: list[Document]
+    dev: list[Document]
+    data_hash: str
+
+
+@dataclass
+class _TrainedModels:
+    """The two trained models and the counts the model card reports about their training."""
+
+    tagger: JointTagger
+    relation: RelationClassifier
+    tagger_windows: int
+    overlapping_spans_dropped: int
+    relation_inputs: int
+    relation_candidates: int
+    relation_positive: int
+    relation_candidates_too_far_apart: int
+    tagger_losses: list[float]
+    relation_losses: list[float]
+
+    def card_section(self, seconds: float) -> dict[str, object]:
+        """The model card's `training` section."""
+        return {
+            "tagger_windows": self.tagger_windows,
+            "overlapping_spans_dropped": self.overlapping_spans_dropped,
+            "relation_inputs": self.relation_inputs,
+            "relation_candidates": self.relation_candidates,
+            "relation_positive": self.relation_positive,
+            "relation_candidates_too_far_apart": self.relation_candidates_too_far_apart,
+            "tagger_epoch_loss": [round(x, 4) for x in self.tagger_losses],
+            "relation_epoch_loss": [round(x, 4) for x in self.relation_losses],
+            "seconds": round(seconds, 1),
+            "torch": torch.__version__,
+        }
+
+
+def _seed_and_threads(cfg: TrainConfig) -> None:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    encoder_src = cfg.encoder or str(embedded_encoder_dir())
+
+
+def _read_split(cfg: TrainConfig) -> _Split:
+    """Read the corpus (its first `max_notes`) and split it by `cfg.split`."""
     docs = read_corpus(cfg.data_dir)
     if cfg.max_notes:
         docs = docs[: cfg.max_notes]
@@ -266,12 +298,11 @@ def train(cfg: TrainConfig) -> Path:
         if cfg.dev_size >= len(docs):
             raise ValueError(f"dev_size {cfg.dev_size} leaves no training notes out of {len(docs)}")
         train_docs, dev_docs = split_corpus(docs, cfg.dev_size, cfg.seed)
+    return _Split(docs=docs, train=train_docs, dev=dev_docs, data_hash=data_hash)
 
-    out = cfg.output_dir
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
 
+def _train_models(cfg: TrainConfig, encoder_src: str, train_docs: Sequence[Document], staging: Path) -> _TrainedModels:
+    """Save the tokenizer into `staging`, then train the tagger and the relation classifier."""
     tok = _tokenizer_from(encoder_src)
     special = F.SpecialIds.of(tok)
     tok.save(str(staging / "tokenizer.json"))
@@ -292,9 +323,22 @@ def train(cfg: TrainConfig) -> Path:
         rel_skipped,
     )
     relation, relation_losses = train_relation(rel_ex, encoder_src, cfg, special.pad)
+    return _TrainedModels(
+        tagger=tagger,
+        relation=relation,
+        tagger_windows=len(tag_ex),
+        overlapping_spans_dropped=collisions,
+        relation_inputs=len(rel_ex),
+        relation_candidates=n_pairs,
+        relation_positive=n_pos,
+        relation_candidates_too_far_apart=rel_skipped,
+        tagger_losses=tagger_losses,
+        relation_losses=relation_losses,
+    )
 
-    hidden = tagger.encoder.config.hidden_size
-    manifest = ModelManifest(
+
+def _manifest(cfg: TrainConfig, data_hash: str, hidden: int) -> ModelManifest:
+    return ModelManifest(
         name=cfg.name,
         version=_version(cfg, data_hash),
         encoder=cfg.encoder or "embedded:all-MiniLM-L6-v2",
@@ -309,63 +353,77 @@ def train(cfg: TrainConfig) -> Path:
         quantization=QUANT_RECIPE,
         energy_outputs=True,
     )
-    (staging / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
-    if cfg.keep_pytorch:
-        save_module(tagger, staging / "pytorch" / "tagger")
-        save_module(relation, staging / "pytorch" / "relation")
-    bar = tqdm(total=2, desc="export ONNX fp32 + int8", unit="model")
-    export_tagger(tagger, staging, keep_fp32=cfg.export_fp32)
-    bar.update(1)
-    export_relation(relation, staging, keep_fp32=cfg.export_fp32)
-    bar.update(1)
-    bar.close()
-    fit_ood(staging, train_docs)
-    train_seconds = time.perf_counter() - t0
+
+
+def _calibration_summary(cfg: TrainConfig, staging: Path, dev_docs: Sequence[Document]) -> dict[str, object]:
     # Confidence calibration on the dev notes (never trained on): results then report calibrated
-    # confidences, and the dev scores below are unchanged (calibration never changes a decision).
-    from deployments.fast_tier.calibrate import calibrate_model, card_summary
+    # confidences, and the dev scores are unchanged (calibration never changes a decision).
+    from deployments.fast_tier.training.calibrate import calibrate_model, card_summary
 
     if dev_docs:
-        calibration = card_summary(
-            calibrate_model(staging, dev_docs, f"dev split of {cfg.data_dir}", update_card=False)
-        )
-    else:
-        calibration = card_summary(
-            None,
-            "split=all leaves no dev notes; fit one on held-out notes with "
-            "python -m deployments.fast_tier.calibrate --model DIR --data DIR --notes all",
-        )
+        return card_summary(calibrate_model(staging, dev_docs, f"dev split of {cfg.data_dir}", update_card=False))
+    return card_summary(
+        None,
+        "split=all leaves no dev notes; fit one on held-out notes with "
+        "python -m deployments.fast_tier.training.calibrate --model DIR --data DIR --notes all",
+    )
 
-    card: dict[str, object] = {
+
+def _model_card(
+    cfg: TrainConfig, manifest: ModelManifest, split: _Split, models: _TrainedModels, train_seconds: float
+) -> dict[str, object]:
+    """The model card, less the calibration and the dev scores."""
+    return {
         "model": manifest.tag,
         "encoder": manifest.encoder,
         "data": {
             "dir": str(cfg.data_dir),
-            "hash": data_hash,
-            "notes": len(docs),
+            "hash": split.data_hash,
+            "notes": len(split.docs),
             "split": cfg.split,
             "split_rule": f"sorted by name, shuffled with random.Random({cfg.seed}), first {cfg.dev_size} are dev",
-            "train_notes": [d.name for d in train_docs],
-            "dev_notes": [d.name for d in dev_docs],
-            "reader_issues": _sum_issues(docs),
+            "train_notes": [d.name for d in split.train],
+            "dev_notes": [d.name for d in split.dev],
+            "reader_issues": _sum_issues(split.docs),
         },
         "hyper_parameters": cfg.model_dump(mode="json", exclude={"data_dir", "output_dir"}),
-        "training": {
-            "tagger_windows": len(tag_ex),
-            "overlapping_spans_dropped": collisions,
-            "relation_inputs": len(rel_ex),
-            "relation_candidates": n_pairs,
-            "relation_positive": n_pos,
-            "relation_candidates_too_far_apart": rel_skipped,
-            "tagger_epoch_loss": [round(x, 4) for x in tagger_losses],
-            "relation_epoch_loss": [round(x, 4) for x in relation_losses],
-            "seconds": round(train_seconds, 1),
-            "torch": torch.__version__,
-        },
+        "training": models.card_section(train_seconds),
     }
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train, export and evaluate a fast tier into `cfg.output_dir`; returns that directory."""
+    from deployments.fast_tier.training.export import export_relation, export_tagger
+
+    t0 = time.perf_counter()
+    _seed_and_threads(cfg)
+    encoder_src = cfg.encoder or str(embedded_encoder_dir())
+    split = _read_split(cfg)
+
+    out = cfg.output_dir
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+
+    models = _train_models(cfg, encoder_src, split.train, staging)
+    manifest = _manifest(cfg, split.data_hash, models.tagger.encoder.config.hidden_size)
+    (staging / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
+    if cfg.keep_pytorch:
+        save_module(models.tagger, staging / "pytorch" / "tagger")
+        save_module(models.relation, staging / "pytorch" / "relation")
+    bar = tqdm(total=2, desc="export ONNX fp32 + int8", unit="model")
+    export_tagger(models.tagger, staging, keep_fp32=cfg.export_fp32)
+    bar.update(1)
+    export_relation(models.relation, staging, keep_fp32=cfg.export_fp32)
+    bar.update(1)
+    bar.close()
+    fit_ood(staging, split.train)
+    train_seconds = time.perf_counter() - t0
+    calibration = _calibration_summary(cfg, staging, split.dev)
+    card = _model_card(cfg, manifest, split, models, train_seconds)
     card["confidence_calibration"] = calibration
-    if dev_docs:
-        card["dev_scores_int8"] = evaluate_dir(staging, dev_docs, "int8")
+    if split.dev:
+        card["dev_scores_int8"] = evaluate_dir(staging, split.dev, "int8")
     (staging / CARD_NAME).write_text(json.dumps(card, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)

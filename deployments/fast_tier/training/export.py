@@ -16,8 +16,8 @@ import onnx
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from deployments.fast_tier.config import MANIFEST_NAME, QUANT_RECIPE, ModelManifest
-from deployments.fast_tier.modeling import (
+from deployments.fast_tier.config import MANIFEST_NAME, QUANT_RECIPE, RELATION_FILES, TAGGER_FILES, ModelManifest
+from deployments.fast_tier.training.modeling import (
     JointTagger,
     RelationClassifier,
     RelationForExport,
@@ -27,8 +27,6 @@ from deployments.fast_tier.modeling import (
 )
 
 OPSET = 17
-TAGGER_FILES = {"fp32": "tagger.onnx", "int8": "tagger.int8.onnx"}
-RELATION_FILES = {"fp32": "relation.onnx", "int8": "relation.int8.onnx"}
 # The tagger graph's outputs; `*_lse` (log-sum-exp of logits) arrived with the router's energy
 # signal, so models exported before it have only the first three (the engine accepts both).
 TAGGER_OUTPUTS = ["entity_probs", "modifier_probs", "pooled", "entity_lse", "modifier_lse"]

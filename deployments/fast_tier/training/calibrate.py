@@ -4,7 +4,7 @@
 built before calibration existed gets it once on first use (`default.upgrade_model`). For any
 other model directory (for example one trained with `--split all`), fit it on a labelled folder:
 
-    python -m deployments.fast_tier.calibrate --model DIR [--data BRAT_DIR] [--notes dev|all]
+    python -m deployments.fast_tier.training.calibrate --model DIR [--data BRAT_DIR] [--notes dev|all]
 
 Scores are collected from the engine with calibration switched off (the raw mean tag probability
 of each span and the relation probability of each emitted relation), labelled by strict match
@@ -131,67 +131,75 @@ class CrossFit:
     report: dict[str, HeldOutECE] = field(default_factory=dict)
 
 
+def _ece_row(raw: np.ndarray, cal: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """One held-out fold's entry of a report: samples, ECE before and after."""
+    return {
+        "samples": float(len(raw)),
+        "before": round(expected_calibration_error(raw, y), 4),
+        "after": round(expected_calibration_error(cal, y), 4),
+    }
+
+
+def _held_out_ece(raw: np.ndarray, cal: np.ndarray, y: np.ndarray, per_fold: list[dict[str, float]]) -> HeldOutECE:
+    return HeldOutECE(
+        samples=len(raw),
+        before=round(expected_calibration_error(raw, y), 4),
+        after=round(expected_calibration_error(cal, y), 4),
+        per_fold=per_fold,
+    )
+
+
+def _held_out_folds(
+    notes: Sequence[NoteScores], parts: list[list[int]], kind: Kind, method: Method
+) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per fold, in order: its raw scores of `kind`, calibrated by the map fitted on the other
+    folds, and their outcomes; folds with nothing to calibrate or too little to fit on are left out."""
+    held_out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for f, held in enumerate(parts):
+        fit_notes = [notes[i] for g, part in enumerate(parts) if g != f for i in part]
+        s_fit, y_fit = pool(fit_notes, kind)
+        s_out, y_out = pool([notes[i] for i in held], kind)
+        if len(s_fit) < MIN_SAMPLES or not len(s_out):
+            continue
+        held_out[f] = (s_out, fit_map(s_fit, y_fit, method)(s_out), y_out)
+    return held_out
+
+
+def _span_report(
+    out: CrossFit, folds: int, by_fold: dict[tuple[Kind, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+) -> HeldOutECE:
+    """Entities and modifiers together: the "span confidence" a caller sees, whatever the kind."""
+    raw = np.concatenate([out.raw["entity"], out.raw["modifier"]])
+    cal = np.concatenate([out.calibrated["entity"], out.calibrated["modifier"]])
+    y = np.concatenate([out.correct["entity"], out.correct["modifier"]])
+    span_folds = []
+    for f in range(folds):
+        if ("entity", f) in by_fold and ("modifier", f) in by_fold:
+            pairs = zip(by_fold[("entity", f)], by_fold[("modifier", f)], strict=True)
+            r_f, c_f, y_f = (np.concatenate(z) for z in pairs)
+            span_folds.append(_ece_row(r_f, c_f, y_f))
+    return _held_out_ece(raw, cal, y, span_folds)
+
+
 def cross_fit(notes: Sequence[NoteScores], method: Method = DEFAULT_METHOD, folds: int = FOLDS) -> CrossFit:
     """Fit on all folds but one, calibrate the held-out fold, for each fold in turn."""
     out = CrossFit()
     parts = folds_of(notes, folds)
     by_fold: dict[tuple[Kind, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for kind in KINDS:
-        raws, cals, ys, per_fold = [], [], [], []
-        for f, held in enumerate(parts):
-            fit_notes = [notes[i] for g, part in enumerate(parts) if g != f for i in part]
-            s_fit, y_fit = pool(fit_notes, kind)
-            s_out, y_out = pool([notes[i] for i in held], kind)
-            if len(s_fit) < MIN_SAMPLES or not len(s_out):
-                continue
-            cal = fit_map(s_fit, y_fit, method)(s_out)
-            by_fold[(kind, f)] = (s_out, cal, y_out)
-            raws.append(s_out)
-            cals.append(cal)
-            ys.append(y_out)
-            per_fold.append(
-                {
-                    "samples": float(len(s_out)),
-                    "before": round(expected_calibration_error(s_out, y_out), 4),
-                    "after": round(expected_calibration_error(cal, y_out), 4),
-                }
-            )
-        if not raws:
+        kind_folds = _held_out_folds(notes, parts, kind, method)
+        if not kind_folds:
             continue
+        by_fold.update({(kind, f): v for f, v in kind_folds.items()})
         out.raw[kind], out.calibrated[kind], out.correct[kind] = (
-            np.concatenate(raws),
-            np.concatenate(cals),
-            np.concatenate(ys),
+            np.concatenate([raw for raw, _, _ in kind_folds.values()]),
+            np.concatenate([cal for _, cal, _ in kind_folds.values()]),
+            np.concatenate([y for _, _, y in kind_folds.values()]),
         )
-        out.report[kind] = HeldOutECE(
-            samples=len(out.raw[kind]),
-            before=round(expected_calibration_error(out.raw[kind], out.correct[kind]), 4),
-            after=round(expected_calibration_error(out.calibrated[kind], out.correct[kind]), 4),
-            per_fold=per_fold,
-        )
-    # Entities and modifiers together: the "span confidence" a caller sees, whatever the kind.
+        per_fold = [_ece_row(*v) for v in kind_folds.values()]
+        out.report[kind] = _held_out_ece(out.raw[kind], out.calibrated[kind], out.correct[kind], per_fold)
     if "entity" in out.report and "modifier" in out.report:
-        raw = np.concatenate([out.raw["entity"], out.raw["modifier"]])
-        cal = np.concatenate([out.calibrated["entity"], out.calibrated["modifier"]])
-        y = np.concatenate([out.correct["entity"], out.correct["modifier"]])
-        span_folds = []
-        for f in range(len(parts)):
-            if ("entity", f) in by_fold and ("modifier", f) in by_fold:
-                pairs = zip(by_fold[("entity", f)], by_fold[("modifier", f)], strict=True)
-                r_f, c_f, y_f = (np.concatenate(z) for z in pairs)
-                span_folds.append(
-                    {
-                        "samples": float(len(r_f)),
-                        "before": round(expected_calibration_error(r_f, y_f), 4),
-                        "after": round(expected_calibration_error(c_f, y_f), 4),
-                    }
-                )
-        out.report["span"] = HeldOutECE(
-            samples=len(raw),
-            before=round(expected_calibration_error(raw, y), 4),
-            after=round(expected_calibration_error(cal, y), 4),
-            per_fold=span_folds,
-        )
+        out.report["span"] = _span_report(out, len(parts), by_fold)
     return out
 
 
@@ -300,7 +308,7 @@ def calibrate_model(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m deployments.fast_tier.calibrate",
+        prog="python -m deployments.fast_tier.training.calibrate",
         description="Fit a fast-tier model's confidence calibration on labelled notes it never trained on.",
     )
     p.add_argument("--model", required=True, help="Model directory (fast_tier.json, model_card.json).")

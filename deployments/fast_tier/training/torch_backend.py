@@ -10,7 +10,7 @@ import torch
 
 from deployments.fast_tier.config import MANIFEST_NAME, ModelManifest
 from deployments.fast_tier.engine import RelationBackend, TaggerBackend, TaggerOutput
-from deployments.fast_tier.modeling import RelationForExport, TaggerForExport, load_relation, load_tagger
+from deployments.fast_tier.training.modeling import RelationForExport, TaggerForExport, load_relation, load_tagger
 
 
 def torch_backends(model_dir: Path) -> tuple[TaggerBackend, RelationBackend]:
