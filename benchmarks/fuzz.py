@@ -166,7 +166,7 @@ def check(status: int, body: Any, case: Case) -> str | None:
         if case.endpoint == "extract":
             return _offsets_problem(body, (case.body or {}).get("text") if isinstance(case.body, dict) else None)
         notes = (case.body or {}).get("notes") if isinstance(case.body, dict) else None
-        for slot, note in zip(body.get("results", []), notes or [], strict=False):
+        for slot, note in zip(body.get("results", []), _list(notes), strict=False):
             text = note.get("text") if isinstance(note, dict) else None
             if "error" not in slot and (problem := _offsets_problem(slot, text)):
                 return problem
@@ -217,6 +217,10 @@ def send_grpc(target: str, case: Case, key: str | None, timeout: float = 120) ->
             return code, detail
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _proto_bytes(case: Case, pb: Any) -> bytes:
     body = case.body if isinstance(case.body, dict) else {}
 
@@ -226,12 +230,14 @@ def _proto_bytes(case: Case, pb: Any) -> bytes:
     def clean(v: str) -> str:
         return v.encode("utf-8", "replace").decode("utf-8")
 
+    # an absent policy stays absent (`default`); present and empty is an unknown policy, as over HTTP
+    policy = {"policy": clean(s(body["policy"]))} if "policy" in body else {}
     if case.endpoint == "batch":
         notes = [
-            pb.NoteInput(text=clean(s(n.get("text"))) if isinstance(n, dict) else "") for n in body.get("notes") or []
+            pb.NoteInput(text=clean(s(n.get("text"))) if isinstance(n, dict) else "") for n in _list(body.get("notes"))
         ]
-        return pb.ExtractBatchRequest(notes=notes, policy=clean(s(body.get("policy", "")))).SerializeToString()
-    msg = pb.ExtractRequest(text=clean(s(body.get("text", ""))), policy=clean(s(body.get("policy", ""))))
+        return pb.ExtractBatchRequest(notes=notes, **policy).SerializeToString()
+    msg = pb.ExtractRequest(text=clean(s(body.get("text", ""))), **policy)
     return msg.SerializeToString()
 
 
