@@ -61,8 +61,17 @@ class LLMTierDeployment:
             self._state, self._error = "failed", f"{type(exc).__name__}: {exc}"[:500]
             log.error("LLM tier failed to start: %s", self._error)
 
+    def _engine_died(self) -> bool:
+        """A ready engine whose own processes died (killed, out of memory): this replica can no
+        longer answer; its health check fails so that Serve replaces it with a fresh engine."""
+        if self._state == "ready" and self._engine is not None and getattr(self._engine, "dead", False):
+            self._state, self._error = "failed", "the LLM engine's process died; the replica is being replaced"
+            log.error("LLM engine died; failing the health check so that Serve replaces this replica")
+        return self._state == "failed" and self._error.startswith("the LLM engine's process died")
+
     def status(self) -> dict[str, Any]:
         """`state` (starting/ready/failed), `error`, `model`, `in_flight` and recent p50 latency."""
+        self._engine_died()  # routing stops sending work here at once
         lat = sorted(self._latencies)
         return {
             "state": self._state,
@@ -92,7 +101,10 @@ class LLMTierDeployment:
             self._in_flight -= 1
 
     def check_health(self) -> None:
-        # A failed engine is reported, not restarted in a loop: restarting would hide the reason.
+        # An engine that failed to start is reported, not restarted in a loop: restarting would
+        # hide the reason. One that died after starting is replaced (the fault is not the config's).
+        if self._engine_died():
+            raise RuntimeError("LLM engine died")
         if self._engine is not None and getattr(self._engine, "engine", None) is None and self._state == "ready":
             raise RuntimeError("LLM engine was shut down")
 

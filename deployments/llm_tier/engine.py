@@ -141,6 +141,11 @@ class VLLMEngine:
         jobs = (self._one(p, max_tokens, g) for p, g in zip(prompts, grammars, strict=True))
         return list(await asyncio.gather(*jobs))
 
+    @property
+    def dead(self) -> bool:
+        """Whether the engine's own processes have died (vLLM then fails every request at once)."""
+        return self.engine is not None and bool(getattr(self.engine, "errored", False))
+
     async def abort_all(self) -> None:
         for request_id in list(self._active):
             await self.engine.abort(request_id)

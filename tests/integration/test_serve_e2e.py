@@ -716,3 +716,42 @@ def test_llm_tier_removed_mid_run_falls_back_to_the_fast_tier(service: dict[str,
     NoteResult.model_validate(body).check_offsets(NOTE)
     _, ready, _ = call("/readyz")
     assert ready["ready"] is True  # the fast tier still answers everything
+
+
+def test_llm_engine_killed_under_load_is_replaced(service: dict[str, Any]):
+    """The LLM engine's own process dies (SIGKILL) while clients send `llm-only` notes: every
+    request is answered (the fast tier's answer, with the reason, while the LLM tier cannot), the
+    LLM tier reports itself failed, fails its health check, and Serve replaces it with a fresh
+    engine: strictly ready again within 3 minutes."""
+    import signal
+
+    import psutil
+
+    from benchmarks.soak import _group
+
+    wait_llm_ready()
+    (replica,) = [p for p in psutil.process_iter() if _group(p) == "ServeReplica:clinie:LLMTier"]
+    engine = max(replica.children(recursive=True), key=lambda p: p.memory_info().rss)
+    stop = time.time() + 15
+    answers: list[tuple[int, dict]] = []
+
+    def client() -> None:
+        while time.time() < stop:
+            status, body, _ = call("/v1/extract", {"text": NOTE, "policy": "llm-only", "deadline_ms": 20_000})
+            answers.append((status, body))
+
+    with cf.ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(client) for _ in range(2)]
+        time.sleep(3)
+        os.kill(engine.pid, signal.SIGKILL)
+        for f in futures:
+            f.result()
+    assert answers and all(s == 200 for s, _ in answers), [s for s, _ in answers]
+    reasons = {b["route"]["reason"] for _, b in answers}
+    assert reasons & {"llm_error", "llm_tier_unavailable"}, reasons  # the fault was seen and said
+    t0 = time.perf_counter()
+    while call("/readyz?strict=true")[0] != 200:
+        assert time.perf_counter() - t0 < 180, call("/readyz")[1]["components"]["llm_tier"]
+        time.sleep(2)
+    status, body, _ = call("/v1/extract", {"text": NOTE, "policy": "llm-only"})
+    assert status == 200 and body["route"]["tier"] == "llm", body["route"]
