@@ -20,6 +20,7 @@ Writes `faults.json` under `--output-dir` and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -35,7 +36,8 @@ import psutil
 
 from benchmarks.load import UNLABELED, load_notes
 from benchmarks.report import write_report
-from benchmarks.soak import _group
+from benchmarks.soak import ray_process_group
+from serve_app import local
 
 DEADLINE_MS = 20_000
 FAULTS = ["fast_replica", "llm_replica", "llm_engine", "ingress_replica"]
@@ -79,15 +81,6 @@ def _ready(url: str, strict: bool = True) -> bool:
         return False
 
 
-def _wait_ready(url: str, timeout_s: float) -> float | None:
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout_s:
-        if _ready(url):
-            return time.perf_counter() - t0
-        time.sleep(0.5)
-    return None
-
-
 class ReadyWatch:
     """From the fault on: when `/readyz?strict=true` first failed, and when it answered 200 again."""
 
@@ -122,7 +115,7 @@ class ReadyWatch:
 
 
 def _processes(group: str) -> list[psutil.Process]:
-    return [p for p in psutil.process_iter() if _group(p) == f"ServeReplica:clinie:{group}"]
+    return [p for p in psutil.process_iter() if ray_process_group(p) == f"ServeReplica:clinie:{group}"]
 
 
 def inject(fault: str) -> str:
@@ -144,7 +137,7 @@ def inject(fault: str) -> str:
 
 
 def run_fault(url: str, notes: list[dict[str, str]], fault: str) -> dict[str, Any]:
-    before = _wait_ready(url, 300)
+    before = local.wait_ready(url, timeout_s=300, strict=True)
     answers: Counter[str] = Counter()
     lock = threading.Lock()
     t_start = time.perf_counter()
@@ -171,7 +164,8 @@ def run_fault(url: str, notes: list[dict[str, str]], fault: str) -> dict[str, An
     for t in threads:
         t.join()
     if watch.failed_at is not None:
-        _wait_ready(url, 300)  # let the watch see it back (or give up after 300 s)
+        with contextlib.suppress(TimeoutError):  # let the watch see it back (or give up after 300 s)
+            local.wait_ready(url, timeout_s=300, strict=True)
     failed_at, back = watch.result()
     return {
         "fault": fault,
@@ -199,8 +193,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--port", type=int, default=18600)
     p.add_argument("--output-dir", default="benchmarks/results")
     args = p.parse_args(argv)
-    from serve_app import local
-
     notes = load_notes(UNLABELED, 40, max_chars=4000)
     cfg, raw = local.local_app_config()
     svc = local.start(local.prepare_models(cfg), raw, port=args.port, grpc_port=args.port + 1000)

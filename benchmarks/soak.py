@@ -36,7 +36,7 @@ from benchmarks.report import write_report
 _RAY_WORKER = re.compile(r"^ray::(\w+)")
 
 
-def _group(proc: psutil.Process) -> str | None:
+def ray_process_group(proc: psutil.Process) -> str | None:
     """What a Ray process is (None: not Ray's)."""
     try:
         name, cmd = proc.name(), " ".join(proc.cmdline()[:3])
@@ -65,7 +65,7 @@ class MemorySampler:
     def sample(self) -> dict[str, float]:
         groups: dict[str, float] = {}
         for proc in psutil.process_iter():
-            group = _group(proc)
+            group = ray_process_group(proc)
             if group is None:
                 continue
             try:

@@ -27,7 +27,6 @@ import hmac
 import json
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -130,10 +129,6 @@ class Tenants:
         self.source = "none"
         self.last_error = ""
         self._reload(force=True)
-
-    @classmethod
-    def from_env(cls, file: str | None, env_var: str) -> Tenants:
-        return cls(Path(file) if file else None, os.environ.get(env_var, ""))
 
     @property
     def enabled(self) -> bool:

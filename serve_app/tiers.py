@@ -105,6 +105,7 @@ class LocalTiers(_Routing):
         self.router, self.llm_cfg = router, llm_cfg
         self._tier: Any = None
         self._engine: Any = None
+        self._start_failure: LLMFailure | None = None
         self._lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(llm_cfg.max_concurrent_notes)
 
@@ -114,11 +115,19 @@ class LocalTiers(_Routing):
         return LoadState(llm_available=llm_available())
 
     async def _ensure_llm(self) -> Any:
+        """The engine, started on first use; one that failed to start is not tried again for every
+        escalated note (a start takes tens of seconds): they all get its failure at once."""
         async with self._lock:
+            if self._start_failure is not None:
+                raise self._start_failure
             if self._tier is None:
                 from deployments.llm_tier.engine import open_llm_tier
 
-                self._engine, self._tier = open_llm_tier(self.llm_cfg)
+                try:
+                    self._engine, self._tier = open_llm_tier(self.llm_cfg)
+                except Exception as exc:
+                    self._start_failure = llm_failure(exc)
+                    raise self._start_failure from None
         return self._tier
 
     async def llm_extract(

@@ -40,6 +40,7 @@ class LLMTierDeployment:
         self.cfg = LLMTierConfig.model_validate(config)
         self._state = "starting"
         self._error = ""
+        self._engine_dead = False  # the engine's process died after it started: replace this replica
         self._tier: Any = None
         self._engine: Any = None
         self._in_flight = 0
@@ -66,8 +67,9 @@ class LLMTierDeployment:
         longer answer; its health check fails so that Serve replaces it with a fresh engine."""
         if self._state == "ready" and self._engine is not None and getattr(self._engine, "dead", False):
             self._state, self._error = "failed", "the LLM engine's process died; the replica is being replaced"
+            self._engine_dead = True
             log.error("LLM engine died; failing the health check so that Serve replaces this replica")
-        return self._state == "failed" and self._error.startswith("the LLM engine's process died")
+        return self._engine_dead
 
     def status(self) -> dict[str, Any]:
         """`state` (starting/ready/failed), `error`, `model`, `in_flight` and recent p50 latency."""

@@ -727,10 +727,10 @@ def test_llm_engine_killed_under_load_is_replaced(service: dict[str, Any]):
 
     import psutil
 
-    from benchmarks.soak import _group
+    from benchmarks.soak import ray_process_group
 
     wait_llm_ready()
-    (replica,) = [p for p in psutil.process_iter() if _group(p) == "ServeReplica:clinie:LLMTier"]
+    (replica,) = [p for p in psutil.process_iter() if ray_process_group(p) == "ServeReplica:clinie:LLMTier"]
     engine = max(replica.children(recursive=True), key=lambda p: p.memory_info().rss)
     stop = time.time() + 15
     answers: list[tuple[int, dict]] = []

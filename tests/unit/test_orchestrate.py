@@ -142,3 +142,24 @@ def test_failure_mapping_keeps_our_words_and_drops_foreign_ones():
     assert llm_failure(LLMTimeout("LLM tier did not answer within 2.0 s")).message.endswith("2.0 s")
     foreign = llm_failure(RuntimeError("some text from a note"))
     assert foreign.reason == "llm_error" and "note" not in foreign.message
+
+
+def test_an_llm_engine_that_cannot_start_is_not_started_again_for_every_note():
+    """In process (`LocalTiers`), a real start failure (a model folder that does not exist): the
+    first escalated note pays for the attempt, the others get that same failure, not a new one."""
+    from deployments.llm_tier.config import LLMTierConfig
+    from serve_app.tiers import LocalTiers
+
+    router = RouterHost(None, Router(load_router_config(DEFAULT_POLICIES)))
+    tiers = LocalTiers(router, LLMTierConfig(model="/nonexistent/llm-model-dir"))
+
+    async def three() -> list[LLMFailure]:
+        out = []
+        for _ in range(3):
+            with pytest.raises(LLMFailure) as err:
+                await tiers.llm_extract("n1", TEXT, None, None, "policy:llm-only")
+            out.append(err.value)
+        return out
+
+    first, *rest = asyncio.run(three())
+    assert first.reason == "llm_error" and all(r is first for r in rest)  # one start attempt, one failure
