@@ -12,7 +12,12 @@ Every answer is classed: a result (by tier and `route.reason`), a refusal with `
 (429/503), an explicit 504, a 500, anything else, no answer, or an answer later than its deadline
 plus 2 s. The target is no 500, nothing unanswered and nothing late.
 
+Clients send plain HTTP (urllib: what the service itself answers, one attempt a request), or with
+`--retries N` through `clinie.client` with N retries (what a caller using the project's client
+sees: it sends again on 429/503, a refused connection, and a 500 the service did not write).
+
     python -m benchmarks.faults          # local app on the embedded defaults, LLM tier included
+    python -m benchmarks.faults --fault ingress_replica --retries 2
 
 Writes `faults.json` under `--output-dir` and prints a Markdown table.
 """
@@ -58,6 +63,18 @@ def _post(url: str, body: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str
         return e.code, payload, dict(e.headers)
     except (OSError, ValueError) as exc:
         return "no answer", {"error": type(exc).__name__}, {}
+
+
+def _client_post(client: Any, body: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, str]]:
+    """The same request through clinie.client (its retries on); a ClinieError is classed by status."""
+    from clinie.client import ClinieError
+
+    try:
+        return 200, client.extract(body["text"], policy=body["policy"], deadline_ms=body["deadline_ms"]), {}
+    except ClinieError as err:
+        headers = {"retry-after": str(err.retry_after)} if err.retry_after is not None else {}
+        status = "no answer" if err.code in ("unreachable", "timeout") else err.status
+        return status, {"error": {"code": err.code}}, headers
 
 
 def _classify(status: Any, body: dict[str, Any], headers: dict[str, str], seconds: float) -> str:
@@ -136,24 +153,32 @@ def inject(fault: str) -> str:
     return f"ray.kill {actors[0]['name']}"
 
 
-def run_fault(url: str, notes: list[dict[str, str]], fault: str) -> dict[str, Any]:
+def run_fault(url: str, notes: list[dict[str, str]], fault: str, retries: int = 0) -> dict[str, Any]:
+    from clinie.client import Client
+
     before = local.wait_ready(url, timeout_s=300, strict=True)
     answers: Counter[str] = Counter()
+    retried: list[int] = []
     lock = threading.Lock()
     t_start = time.perf_counter()
     stop = t_start + 25
 
     def client(i: int) -> None:
         k = i
+        api = Client(url, timeout=DEADLINE_MS / 1000 + 30, retries=retries, backoff=0.5) if retries else None
         while time.perf_counter() < stop:
             note = notes[k % len(notes)]
             k += 4
             body = {"text": note["text"], "policy": "fast-only" if i < 2 else "llm-only", "deadline_ms": DEADLINE_MS}
             t0 = time.perf_counter()
-            status, payload, headers = _post(url, body)
+            status, payload, headers = _client_post(api, body) if api else _post(url, body)
             label = _classify(status, payload, headers, time.perf_counter() - t0)
             with lock:
                 answers[label] += 1
+        if api is not None:
+            with lock:
+                retried.append(api.retried)
+            api.close()
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
     for t in threads:
@@ -173,6 +198,8 @@ def run_fault(url: str, notes: list[dict[str, str]], fault: str) -> dict[str, An
         "ready_before_s": before,
         "unready_after_s": failed_at,
         "back_to_ready_s": back,
+        "client_retries": retries,
+        "retried": sum(retried),
         "answers": dict(sorted(answers.items())),
         "bad": sum(v for k, v in answers.items() if not (k.startswith(("200", "429 retry", "503 retry", "504")))),
     }
@@ -190,6 +217,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fault", action="append", choices=FAULTS, help="Fault to inject (repeatable; default all).")
+    p.add_argument("--retries", type=int, default=0, help="Send through clinie.client with N retries (0: urllib).")
     p.add_argument("--port", type=int, default=18600)
     p.add_argument("--output-dir", default="benchmarks/results")
     args = p.parse_args(argv)
@@ -199,7 +227,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     try:
         for fault in args.fault or FAULTS:
-            rows.append(run_fault(svc.http_url, notes, fault))
+            rows.append(run_fault(svc.http_url, notes, fault, args.retries))
             print(json.dumps(rows[-1]), flush=True)
     finally:
         local.stop()

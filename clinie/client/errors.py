@@ -28,7 +28,8 @@ GRPC_TO_HTTP: dict[str, int] = {
     "DEADLINE_EXCEEDED": 504,
 }
 
-# What the client retries: the service's two "come back later" answers.
+# What the client retries: the service's two "come back later" answers (and see
+# ClinieError.retryable for a 500 that the service did not write).
 RETRYABLE = frozenset({429, 503})
 
 
@@ -39,11 +40,18 @@ class ClinieError(Exception):
     400, UNAUTHENTICATED 401, RESOURCE_EXHAUSTED 429, UNAVAILABLE 503, DEADLINE_EXCEEDED 504);
     `code` the contract's error code (`empty_text`, `unknown_policy`, `overloaded`, ...);
     `message` what is wrong; `retry_after` the seconds the service asked to wait, if it did;
-    `attempts` how many times the request was sent.
+    `attempts` how many times the request was sent; `from_service` whether the answer carried
+    the contract's error body (the service wrote it) rather than a proxy's or the client's own.
     """
 
     def __init__(
-        self, status: int, code: str, message: str, retry_after: float | None = None, attempts: int = 1
+        self,
+        status: int,
+        code: str,
+        message: str,
+        retry_after: float | None = None,
+        attempts: int = 1,
+        from_service: bool = True,
     ) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
@@ -51,11 +59,16 @@ class ClinieError(Exception):
         self.message = message
         self.retry_after = retry_after
         self.attempts = attempts
+        self.from_service = from_service
 
     @property
     def retryable(self) -> bool:
-        """Whether the service said "later" (429 or 503), as opposed to "no"."""
-        return self.status in RETRYABLE
+        """Whether sending again may succeed: the service said "later" (429 or 503), or a 500 came
+        from the way to it and not from it. Ray Serve's proxy answers 500 (gRPC INTERNAL) for the
+        requests in flight on an Ingress replica that dies; extraction is a pure function, so
+        sending again is safe, and the replacement (or the other replica) answers. A 500 with the
+        contract's body is the service's own failure: not retried."""
+        return self.status in RETRYABLE or (self.status == 500 and not self.from_service)
 
 
 def _retry_after(value: Any) -> float | None:
@@ -82,11 +95,12 @@ def from_error_body(status: int, body: str, retry_after: Any = None) -> ClinieEr
         parsed = json.loads(body)
     except (ValueError, TypeError):
         parsed = None
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+    ours = isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
+    if ours:
         err = parsed["error"]
         code = str(err.get("code") or code)
         message = str(err.get("message") or message)
-    return ClinieError(status, code, message, _retry_after(retry_after))
+    return ClinieError(status, code, message, _retry_after(retry_after), from_service=ours)
 
 
 def from_grpc(code_name: str, details: str | None, trailing: Any = None) -> ClinieError:
@@ -98,6 +112,6 @@ def from_grpc(code_name: str, details: str | None, trailing: Any = None) -> Clin
         if key.lower() == "retry-after":
             retry_after = value
     err = from_error_body(status, details or "", retry_after)
-    if err.code == f"http_{status}":  # not the service's JSON: a transport-level status
-        err = ClinieError(status, code_name.lower(), err.message or code_name, err.retry_after)
+    if not err.from_service:  # not the service's JSON: a transport-level status
+        err = ClinieError(status, code_name.lower(), err.message or code_name, err.retry_after, from_service=False)
     return err

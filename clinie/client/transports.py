@@ -55,8 +55,8 @@ def _http_failure(exc: Exception, timeout: float) -> ClinieError:
     import httpx
 
     if isinstance(exc, httpx.TimeoutException):
-        return ClinieError(504, "timeout", f"no answer within {timeout:g} s")
-    return ClinieError(503, "unreachable", f"{type(exc).__name__}: {exc}")
+        return ClinieError(504, "timeout", f"no answer within {timeout:g} s", from_service=False)
+    return ClinieError(503, "unreachable", f"{type(exc).__name__}: {exc}", from_service=False)
 
 
 class HttpTransport:
@@ -128,7 +128,7 @@ def _grpc_failure(exc: Any) -> ClinieError:
     name = code.name if code is not None else "UNKNOWN"
     err = from_grpc(name, exc.details(), exc.trailing_metadata())
     if name == "UNAVAILABLE" and err.code == "unavailable":
-        err = ClinieError(503, "unreachable", err.message, err.retry_after)
+        err = ClinieError(503, "unreachable", err.message, err.retry_after, from_service=False)
     return err
 
 

@@ -24,6 +24,7 @@ def _adm(**cfg: float | None) -> Admission:
         "tail_margin": 1.0,
         "replica_start_s": 10.0,
         "prior_speed_chars_per_s": None,
+        "replica_ramp_s": 0.0,
     }
     return Admission(AdmissionConfig(**{**base, **cfg}), clock=Clock())
 
@@ -72,13 +73,23 @@ def test_refuses_exactly_when_the_queue_would_miss_the_deadline() -> None:
     assert adm.in_flight_notes == 3 and adm.in_flight_chars == 6000
 
 
-def test_a_second_running_replica_doubles_what_fits() -> None:
-    adm = _adm()
+def test_a_second_running_replica_doubles_what_fits_once_ramped_in() -> None:
+    clock = Clock()
+    adm = Admission(
+        AdmissionConfig(overhead_ms=0.0, safety=1.0, tail_margin=1.0, prior_speed_chars_per_s=None, replica_ramp_s=10),
+        clock=clock,
+    )
     adm.record(1000, 1000.0)
     adm.set_replicas(running=2, starting=0, max_replicas=2)
+    assert adm.snapshot()["counted_replicas"] == 1.0  # just joined: not counted yet
+    clock.t = 5.0
+    assert adm.estimate_s(6000) == pytest.approx(4.0)  # half-way: 1.5 replicas
+    clock.t = 10.0
     for _ in range(4):  # 8,000 chars at 2 x 1000 chars/s = 4 s
         assert isinstance(adm.admit(1, 2000, deadline_ms=4000), Ticket)
     assert isinstance(adm.admit(1, 2000, deadline_ms=4000), Refusal)
+    adm.set_replicas(running=1, starting=0, max_replicas=2)  # one gone: gone at once
+    assert adm.snapshot()["counted_replicas"] == 1.0
 
 
 def test_starting_replicas_count_only_when_their_start_fits_the_deadline() -> None:
@@ -140,7 +151,10 @@ def test_requests_slower_than_predicted_tighten_admission_and_recover() -> None:
     first = adm.admit(1, 1000, deadline_ms=10_000)
     assert isinstance(first, Ticket) and first.predicted_s == pytest.approx(1.0)
     # 2,000 more chars queued behind 1,000: 3 s predicted, fits a 3.5 s deadline
-    assert isinstance(adm.admit(1, 2000, deadline_ms=3500), Ticket)
+    second = adm.admit(1, 2000, deadline_ms=3500)
+    assert isinstance(second, Ticket)
+    for t in (first, second):  # left at once (as predicted or faster): the mean does not rise
+        adm.done(t)
     adm.release(2, 3000)
     # the CPU is shared with the proxy and the clients: requests take 3x what compute predicts
     for _ in range(8):
@@ -224,3 +238,54 @@ def test_config_is_strict() -> None:
         AdmissionConfig(slowdown_alpha=0)
     with pytest.raises(ValueError, match="typo"):
         AdmissionConfig.model_validate({"typo": 1})
+
+
+def test_a_request_running_late_tightens_admission_before_it_finishes() -> None:
+    clock = Clock()
+    adm = Admission(
+        AdmissionConfig(overhead_ms=0.0, safety=1.0, tail_margin=1.0, prior_speed_chars_per_s=1000.0), clock=clock
+    )
+    held = adm.admit(1, 1000, deadline_ms=10_000)
+    assert isinstance(held, Ticket) and held.predicted_s == pytest.approx(1.0)
+    clock.t = 0.5  # on time so far: 3 s of work fits 3.5 s
+    probe = adm.admit(1, 2000, deadline_ms=3500)
+    assert isinstance(probe, Ticket)
+    adm.done(probe)
+    adm.release(1, 2000)
+    assert adm.snapshot()["lateness"] == pytest.approx(0.5)
+    clock.t = 2.5  # still in the fast tier at 2.5x its prediction; nothing has finished yet
+    assert adm.slowdown == pytest.approx(1.0, abs=0.2)
+    refusal = adm.admit(1, 2000, deadline_ms=3500)
+    assert isinstance(refusal, Refusal) and refusal.reason == "deadline"
+    adm.done(held)  # it left: no longer open, and the running mean has learnt from it
+    adm.release(1, 1000)
+    assert adm.snapshot()["lateness"] == 0.0
+    assert adm.slowdown > 1.0
+
+
+def test_a_ticket_never_closed_is_forgotten_after_the_longest_deadline() -> None:
+    clock = Clock()
+    adm = Admission(
+        AdmissionConfig(overhead_ms=0.0, safety=1.0, tail_margin=1.0, prior_speed_chars_per_s=1000.0), clock=clock
+    )
+    leaked = adm.admit(1, 1000, deadline_ms=10_000)
+    assert isinstance(leaked, Ticket)
+    adm.release(1, 1000)  # released but never closed with done()
+    clock.t = 100.0
+    assert adm.snapshot()["lateness"] == pytest.approx(10.0)  # clamped
+    clock.t = 400.0
+    assert adm.snapshot()["lateness"] == 0.0
+    assert isinstance(adm.admit(1, 1000, deadline_ms=3500), Ticket)
+
+
+def test_a_starting_replica_slows_the_running_ones_by_its_cost_until_it_is_up() -> None:
+    adm = _adm(replica_start_s=5.0, starting_replica_cost=0.5)
+    adm.record(1000, 1000.0)
+    adm.set_replicas(running=1, starting=0, max_replicas=2)
+    assert adm.estimate_s(3000) == pytest.approx(3.0)
+    adm.set_replicas(running=1, starting=1, max_replicas=2)
+    # half a replica while the other starts: 3,000 chars take 6 s; beyond 5 s both run in full
+    assert adm.estimate_s(2000) == pytest.approx(4.0)
+    assert adm.estimate_s(3000) == pytest.approx(5.0 + 500 / 2000)
+    assert isinstance(adm.admit(1, 1000, deadline_ms=60_000), Ticket)
+    assert isinstance(adm.admit(1, 1000, deadline_ms=3000), Refusal)  # 4 s at half speed

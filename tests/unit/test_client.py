@@ -6,8 +6,13 @@ in tests/integration/test_serve_e2e.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 from pydantic import ValidationError
@@ -72,6 +77,68 @@ def test_grpc_statuses_map_to_the_contracts_http_statuses():
     assert (err.status, err.code, err.message) == (504, "deadline_exceeded", "Deadline Exceeded")
     assert from_grpc("UNAUTHENTICATED", None).status == 401
     assert from_grpc("DATA_LOSS", "x").status == 500
+
+
+def test_a_500_is_retried_only_when_the_service_did_not_write_it():
+    internal = '{"error": {"code": "internal", "message": "m"}}'
+    # Ray Serve's proxy, for a request in flight on an Ingress replica that died: plain text
+    proxy = "ActorDiedError: The actor died unexpectedly before finishing this task."
+    assert from_error_body(500, proxy).retryable and not from_error_body(500, proxy).from_service
+    assert not from_error_body(500, internal).retryable and from_error_body(500, internal).from_service
+    assert from_grpc("INTERNAL", proxy).retryable
+    assert not from_grpc("INTERNAL", internal).retryable
+    assert not from_error_body(502, "Bad Gateway").retryable  # only a 500 (what the proxy sends)
+    assert not from_error_body(504, '{"error": {"code": "deadline_exceeded", "message": "m"}}').retryable
+
+
+class _FlakyProxy(BaseHTTPRequestHandler):
+    """Stands in for Ray Serve's proxy when the Ingress replica under a request dies: its own
+    plain-text 500 for the first `failures` requests, then the service's answer. (The real fault,
+    an Ingress replica killed under load, is caused in benchmarks/faults.py; too slow for here.)"""
+
+    failures = 1
+    seen: ClassVar[list[int]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.seen.append(1)
+        if len(self.seen) <= self.failures:
+            status, body, kind = 500, b"Internal Server Error", "text/plain"
+        else:
+            status, body, kind = 200, json.dumps({"note_id": "n", "entities": []}).encode(), "application/json"
+        self.send_response(status)
+        self.send_header("content-type", kind)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def flaky_proxy() -> Iterator[tuple[str, type[_FlakyProxy]]]:
+    handler = type("Handler", (_FlakyProxy,), {"seen": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_proxy_500_is_sent_again_and_answered(flaky_proxy: tuple[str, type[_FlakyProxy]]):
+    url, handler = flaky_proxy
+    seen: list[ClinieError] = []
+    with Client(url, retries=2, backoff=0.01, on_retry=lambda e, w: seen.append(e)) as c:
+        assert c.extract("Denies chest pain.") == {"note_id": "n", "entities": []}
+    assert len(handler.seen) == 2 and [(e.status, e.from_service) for e in seen] == [(500, False)]
+    handler.failures, handler.seen[:] = 10, []
+    with Client(url, retries=0) as c, pytest.raises(ClinieError) as err:
+        c.extract("Denies chest pain.")  # retries off: the proxy's 500 is what the caller gets
+    assert (err.value.status, err.value.code, err.value.attempts) == (500, "http_500", 1)
 
 
 def test_retry_waits_honour_retry_after_with_jitter_and_back_off_without():
