@@ -1,18 +1,30 @@
-"""Fast-tier speed and quality: PyTorch fp32 eager vs ONNX fp32 vs ONNX int8, side by side, one run.
+"""Fast-tier speed and quality: PyTorch fp32 eager vs ONNX fp32 vs ONNX int8, side by side, one run,
+for one model or two (`--compare`: e.g. the span-pair relation head against the marker path).
 
-Same trained model, same dev notes (the model card's held-out split), same pre/post-processing:
-only the backend differs. Per-note latency is measured one note at a time (the serving case);
-throughput is notes and word-pieces per second over that loop. F1 is scored on the dev notes.
+Same dev notes (the model card's held-out split), same pre/post-processing: only the backend (and,
+between models, the relation path) differs. Per-note latency is measured one note at a time (the
+serving case); throughput is notes and word-pieces per second over that loop. F1 is scored on the
+dev notes.
 
-    python -m benchmarks.fast_tier [--model DIR] [--repeat 1] [--output benchmarks/results/fast_tier.json]
+The floor: one int8 encoder pass over the same word-pieces (the tagger graph alone over each
+note's windows, one note at a time, nothing before or after it). `floor_ratio` is a variant's
+wall time over that: what everything besides one encoder pass costs.
+
+`--profile` adds a cProfile table of the int8 path (cumulative time of the top functions).
+
+    python -m benchmarks.fast_tier [--model DIR] [--compare OLD_DIR] [--repeat 1] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import os
+import pstats
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +34,7 @@ from benchmarks.report import headline_f1, write_report
 from clinie.brat import Document, document_from_result, read_corpus
 from clinie.schema import NoteResult
 from clinie.scoring import score_documents
+from deployments.fast_tier import features as F
 from deployments.fast_tier.config import EngineConfig
 from deployments.fast_tier.default import resolve_model_dir
 from deployments.fast_tier.engine import FastTierEngine
@@ -51,6 +64,7 @@ def measure(engine: FastTierEngine, docs: list[Document], repeat: int) -> dict[s
     preds = {d.name: document_from_result(d.name, d.text, results[d.name]) for d in docs}
     scores = score_documents(docs, preds)
     return {
+        "wall_s": round(wall, 3),
         "notes_per_s": round(len(docs) * repeat / wall, 3),
         "tokens_per_s": round(tokens * repeat / wall, 1),
         "p50_ms": round(float(np.percentile(latencies, 50)), 1),
@@ -59,58 +73,125 @@ def measure(engine: FastTierEngine, docs: list[Document], repeat: int) -> dict[s
     }
 
 
+def encoder_floor(engine: FastTierEngine, docs: list[Document], repeat: int) -> dict[str, Any]:
+    """Seconds of the tagger graph alone over each note's windows (one note at a time, inputs
+    prepared beforehand): one encoder pass over the same word-pieces."""
+    m = engine.manifest
+    batches = []
+    for d in docs:
+        enc = F.encode_note(engine.tokenizer, d.text, m.window_tokens, m.window_stride)
+        seqs = [F.window_inputs(enc, w, engine.special) for w in enc.windows]
+        batches.append(
+            [
+                F.pad_batch(seqs[b : b + engine.cfg.batch_size], engine.special.pad)
+                for b in range(0, len(seqs), engine.cfg.batch_size)
+            ]
+        )
+    engine.run_tagger(*batches[0][0])  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeat):
+        for note in batches:
+            for ids, mask in note:
+                engine.run_tagger(ids, mask)
+    return {"wall_s": round(time.perf_counter() - start, 3)}
+
+
+def profile_table(engine: FastTierEngine, docs: list[Document], top: int = 18) -> str:
+    """cProfile of extracting the dev notes one at a time: the top functions by cumulative time."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for d in docs:
+        engine.extract([(d.name, d.text)])
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(top)
+    return buf.getvalue()
+
+
+def variants(model_dir: Path, threads: int) -> dict[str, Callable[[], FastTierEngine]]:
+    from deployments.fast_tier.training.torch_backend import torch_backends
+
+    return {
+        "torch_fp32": lambda: FastTierEngine(
+            EngineConfig(model_dir=model_dir, precision="fp32"), backends=torch_backends(model_dir)
+        ),
+        "onnx_fp32": lambda: FastTierEngine(
+            EngineConfig(model_dir=model_dir, precision="fp32", intra_op_threads=threads)
+        ),
+        "onnx_int8": lambda: FastTierEngine(
+            EngineConfig(model_dir=model_dir, precision="int8", intra_op_threads=threads)
+        ),
+    }
+
+
+def run_model(model_dir: Path, docs: list[Document], args: argparse.Namespace) -> dict[str, Any]:
+    """Every variant of one model, the int8 encoder floor, and the ratios."""
+    rows: dict[str, Any] = {}
+    engines: dict[str, FastTierEngine] = {}
+    for name, make in variants(model_dir, args.threads).items():
+        print(f"measuring {model_dir.name} {name} on {len(docs)} dev notes ...", flush=True)
+        engines[name] = make()
+        rows[name] = measure(engines[name], docs, args.repeat)
+    floor = encoder_floor(engines["onnx_int8"], docs, args.repeat)
+    base = rows["torch_fp32"]
+    for row in rows.values():
+        row["speedup_vs_torch_fp32"] = round(row["notes_per_s"] / base["notes_per_s"], 2)
+        row["floor_ratio"] = round(row["wall_s"] / max(floor["wall_s"], 1e-9), 2)
+    out = {
+        "model_dir": str(model_dir),
+        "relation_head": engines["onnx_int8"].manifest.relation_head,
+        "variants": rows,
+        "int8_encoder_floor": floor,
+        "int8_f1_change_points": {k: round(100 * (rows["onnx_int8"]["f1"][k] - base["f1"][k]), 2) for k in base["f1"]},
+    }
+    if args.profile:
+        out["int8_profile"] = profile_table(engines["onnx_int8"], docs)
+        print(out["int8_profile"])
+    return out
+
+
+def print_table(models: list[dict[str, Any]]) -> None:
+    head = ["notes/s", "tok/s", "p50 ms", "p95 ms", "vs torch", "vs floor"]
+    print(f"\n{'model / variant':34} " + " ".join(f"{h:>8}" for h in head) + f" {'ent F1 s/r':>12} {'rel F1 r':>9}")
+    for model in models:
+        for name, r in model["variants"].items():
+            f = r["f1"]
+            label = f"{model['relation_head']} {name}"
+            print(
+                f"{label:34} {r['notes_per_s']:8.2f} {r['tokens_per_s']:8.0f} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f} "
+                f"{r['speedup_vs_torch_fp32']:7.2f}x {r['floor_ratio']:7.2f}x "
+                f"{f['strict_entities']:.3f}/{f['relaxed_entities']:.3f} {f['relaxed_relations']:9.3f}"
+            )
+        print(f"  int8 F1 change vs torch fp32 (points): {model['int8_f1_change_points']}")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="Model directory (default: $CLINIE_MODEL_DIR or the embedded default).")
+    p.add_argument("--compare", help="A second model directory measured the same way (same dev notes).")
     p.add_argument("--repeat", type=int, default=1, help="Passes over the dev notes per variant.")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="Threads for torch and ORT.")
+    p.add_argument("--profile", action="store_true", help="Add a cProfile table of each model's int8 path.")
     p.add_argument("--output", default="benchmarks/results/fast_tier.json", help="JSON report path.")
     args = p.parse_args(argv)
 
     import torch
 
-    from deployments.fast_tier.training.torch_backend import torch_backends
-
     torch.set_num_threads(args.threads)
     model_dir = resolve_model_dir(args.model)
     docs = dev_documents(model_dir)
-    variants = {
-        "torch_fp32": lambda: FastTierEngine(
-            EngineConfig(model_dir=model_dir, precision="fp32"), backends=torch_backends(model_dir)
-        ),
-        "onnx_fp32": lambda: FastTierEngine(
-            EngineConfig(model_dir=model_dir, precision="fp32", intra_op_threads=args.threads)
-        ),
-        "onnx_int8": lambda: FastTierEngine(
-            EngineConfig(model_dir=model_dir, precision="int8", intra_op_threads=args.threads)
-        ),
-    }
-    rows = {}
-    for name, make in variants.items():
-        print(f"measuring {name} on {len(docs)} dev notes ...", flush=True)
-        rows[name] = measure(make(), docs, args.repeat)
-    base = rows["torch_fp32"]
-    for row in rows.values():
-        row["speedup_vs_torch_fp32"] = round(row["notes_per_s"] / base["notes_per_s"], 2)
+    dirs = [model_dir] + ([Path(args.compare)] if args.compare else [])
+    if args.compare and {d.name for d in dev_documents(dirs[1])} != {d.name for d in docs}:
+        raise SystemExit("the two models were held out on different dev notes: their scores would not compare")
+    models = [run_model(d, docs, args) for d in dirs]
     report = {
-        "model_dir": str(model_dir),
         "dev_notes": len(docs),
         "repeat": args.repeat,
         "threads": args.threads,
         "cpu_count": os.cpu_count(),
-        "variants": rows,
-        "int8_f1_change_points": {k: round(100 * (rows["onnx_int8"]["f1"][k] - base["f1"][k]), 2) for k in base["f1"]},
+        "models": models,
     }
-    head = ["notes/s", "tok/s", "p50 ms", "p95 ms", "speedup"]
-    print(f"\n{'variant':12} " + " ".join(f"{h:>8}" for h in head) + f" {'ent F1 s/r':>12} {'rel F1 r':>9}")
-    for name, r in rows.items():
-        f = r["f1"]
-        print(
-            f"{name:12} {r['notes_per_s']:8.2f} {r['tokens_per_s']:9.0f} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f} "
-            f"{r['speedup_vs_torch_fp32']:7.2f}x {f['strict_entities']:.3f}/{f['relaxed_entities']:.3f} "
-            f"{f['relaxed_relations']:9.3f}"
-        )
-    print("int8 F1 change vs torch fp32 (points):", report["int8_f1_change_points"])
+    print_table(models)
     write_report(report, args.output)
     return report
 

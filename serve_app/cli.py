@@ -136,6 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "dev_size": args.dev_size,
         "tagger_epochs": args.tagger_epochs,
         "relation_epochs": args.relation_epochs,
+        "relation_head": args.relation_head,
         "max_steps": args.max_steps,
         "max_notes": args.max_notes,
         "seed": args.seed,
@@ -373,7 +374,12 @@ def _add_train(sub: Any) -> None:
     t.add_argument("--split", choices=["train", "all"], help="Fit on the train split (default) or all notes.")
     t.add_argument("--dev-size", type=int, help="Dev notes held out (default 20).")
     t.add_argument("--tagger-epochs", type=float, help="Tagger epochs.")
-    t.add_argument("--relation-epochs", type=float, help="Relation classifier epochs.")
+    t.add_argument(
+        "--relation-head",
+        choices=["span_pair", "markers"],
+        help="Relations from the tagger's own pass (span_pair, default) or a second marked-sentence encoder.",
+    )
+    t.add_argument("--relation-epochs", type=float, help="Relation classifier epochs (markers only).")
     t.add_argument("--max-steps", type=int, help="Cap optimiser steps per model (smoke runs).")
     t.add_argument("--max-notes", type=int, help="Use only the first N notes (smoke runs).")
     t.add_argument("--seed", type=int, help="Seed (default 13).")

@@ -3,14 +3,17 @@
 `FastTierEngine.extract` is what `clinie extract`, the evaluation and the Ray Serve deployment call.
 It batches windows across notes (sorted by length, so padding stays small), stitches each note's
 window predictions back with exact offsets, decodes spans, classifies the allowed candidate pairs
-and assembles contract-shaped results.
+and assembles contract-shaped results. Relations come from the tagger's own pass (the span-pair
+head over its token states, pairs.py) or, for a model trained with `relation_head="markers"`, from
+a second encoder over marked sentences.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -25,12 +28,14 @@ from clinie.validation import partition_notes
 from clinie.windows import split_sentences
 from deployments.fast_tier import features as F
 from deployments.fast_tier.config import MANIFEST_NAME, RELATION_FILES, TAGGER_FILES, EngineConfig, ModelManifest
+from deployments.fast_tier.pairs import PAIR_HEAD_FILE, PairHead, pair_index
 
 log = logging.getLogger(__name__)
 
 
-# entity probs, modifier probs, pooled embedding, entity logit lse, modifier logit lse (or None)
-TaggerOutput = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]
+# entity probs, modifier probs, pooled embedding, entity logit lse, modifier logit lse (or None),
+# token states (a tagger with the span-pair relation head; else None)
+TaggerOutput = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]
 
 
 class TaggerBackend(Protocol):
@@ -43,8 +48,9 @@ class RelationBackend(Protocol):
     ) -> np.ndarray: ...
 
 
-def onnx_backends(cfg: EngineConfig) -> tuple[TaggerBackend, RelationBackend]:
-    """ONNX Runtime sessions for the configured precision and providers."""
+def onnx_backends(cfg: EngineConfig, relation: bool = True) -> tuple[TaggerBackend, RelationBackend | None]:
+    """ONNX Runtime sessions for the configured precision and providers (`relation=False`: the
+    tagger's only, for a model whose relations come from its span-pair head)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -53,17 +59,29 @@ def onnx_backends(cfg: EngineConfig) -> tuple[TaggerBackend, RelationBackend]:
         opts.intra_op_num_threads = cfg.intra_op_threads
     available = set(ort.get_available_providers())
     providers = [p for p in cfg.providers if p in available] or ["CPUExecutionProvider"]
-    paths = [cfg.model_dir / TAGGER_FILES[cfg.precision], cfg.model_dir / RELATION_FILES[cfg.precision]]
+    paths = [cfg.model_dir / TAGGER_FILES[cfg.precision]]
+    if relation:
+        paths.append(cfg.model_dir / RELATION_FILES[cfg.precision])
     for p in paths:
         if not p.exists():
             raise FileNotFoundError(f"missing ONNX file {p}; was the model exported with this precision?")
     tagger = ort.InferenceSession(str(paths[0]), opts, providers=providers)
-    relation = ort.InferenceSession(str(paths[1]), opts, providers=providers)
+    names = [o.name for o in tagger.get_outputs()]
 
     def run_tagger(ids: np.ndarray, mask: np.ndarray) -> TaggerOutput:
-        out = tagger.run(None, {"input_ids": ids, "attention_mask": mask})
-        ent, mod, pooled = out[:3]
-        return ent, mod, pooled, *(out[3:5] if len(out) >= 5 else (None, None))
+        out = dict(zip(names, tagger.run(None, {"input_ids": ids, "attention_mask": mask}), strict=True))
+        return (
+            out["entity_probs"],
+            out["modifier_probs"],
+            out["pooled"],
+            out.get("entity_lse"),
+            out.get("modifier_lse"),
+            out.get("hidden"),
+        )
+
+    if not relation:
+        return run_tagger, None
+    session = ort.InferenceSession(str(paths[1]), opts, providers=providers)
 
     def run_relation(
         ids: np.ndarray, mask: np.ndarray, e_pos: np.ndarray, pair_batch: np.ndarray, m_pos: np.ndarray
@@ -75,9 +93,27 @@ def onnx_backends(cfg: EngineConfig) -> tuple[TaggerBackend, RelationBackend]:
             "pair_batch": pair_batch,
             "modifier_pos": m_pos,
         }
-        return relation.run(None, feeds)[0]
+        return session.run(None, feeds)[0]
 
     return run_tagger, run_relation
+
+
+_BLAS: list[object] = []  # the process's ThreadpoolController, made once (it inspects loaded libraries)
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """numpy's BLAS on one thread for the engine's own small matrix work (the span-pair head,
+    decoding). Multi-threaded BLAS there competes for the cores with ONNX Runtime's thread pool,
+    whose threads spin between runs: measured on 2 cores, int8 extraction went from 8.6 to 13.6
+    notes/s with BLAS on one thread (benchmarks/fast_tier.py). Other users of BLAS in the process
+    get their setting back on exit; torch and ONNX Runtime keep their own pools."""
+    from threadpoolctl import ThreadpoolController
+
+    if not _BLAS:
+        _BLAS.append(ThreadpoolController())
+    with _BLAS[0].limit(limits=1, user_api="blas"):  # type: ignore[attr-defined]
+        yield
 
 
 def fast_route(reason: str = "policy:fast-only") -> Route:
@@ -97,9 +133,10 @@ class _TagOutputs:
     mod_lse: list[np.ndarray] | None
     emb_sum: list[np.ndarray]
     emb_weight: list[float]
+    states: list[np.ndarray] | None  # token states, for the span-pair relation head
 
     @classmethod
-    def empty(cls, encoded: list[F.EncodedNote], n_ent: int, n_mod: int, hidden: int) -> _TagOutputs:
+    def empty(cls, encoded: list[F.EncodedNote], n_ent: int, n_mod: int, hidden: int, states: bool) -> _TagOutputs:
         return cls(
             ent_probs=[np.zeros((len(e.ids), n_ent), np.float32) for e in encoded],
             mod_probs=[np.zeros((len(e.ids), n_mod), np.float32) for e in encoded],
@@ -107,6 +144,7 @@ class _TagOutputs:
             mod_lse=[np.zeros(len(e.ids), np.float32) for e in encoded],
             emb_sum=[np.zeros(hidden, np.float32) for _ in encoded],
             emb_weight=[0.0 for _ in encoded],
+            states=[np.zeros((len(e.ids), hidden), np.float32) for e in encoded] if states else None,
         )
 
 
@@ -116,7 +154,7 @@ class FastTierEngine:
     def __init__(
         self,
         cfg: EngineConfig,
-        backends: tuple[TaggerBackend, RelationBackend] | None = None,
+        backends: tuple[TaggerBackend, RelationBackend | None] | None = None,
     ):
         manifest_path = Path(cfg.model_dir) / MANIFEST_NAME
         if not manifest_path.exists():
@@ -125,7 +163,10 @@ class FastTierEngine:
         self.manifest = ModelManifest.model_validate_json(manifest_path.read_text())
         self.tokenizer = F.load_tokenizer(str(cfg.model_dir / "tokenizer.json"))
         self.special = F.SpecialIds.of(self.tokenizer)
-        self.run_tagger, self.run_relation = backends or onnx_backends(cfg)
+        self.pair_head = (
+            PairHead.load(cfg.model_dir / PAIR_HEAD_FILE) if self.manifest.relation_head == "span_pair" else None
+        )
+        self.run_tagger, self.run_relation = backends or onnx_backends(cfg, relation=self.pair_head is None)
         # A bad calibration file stops the engine here (CalibrationError names the file and field);
         # a missing one means raw scores, said once in the log and in `calibration_status`.
         self.calibration = (
@@ -182,10 +223,14 @@ class FastTierEngine:
         """One fast-tier pass over validated notes (`relations=False`: tagger only)."""
         if not notes:
             return []
+        with _one_blas_thread():
+            return self._analyze(notes, progress, relations)
+
+    def _analyze(self, notes: Sequence[tuple[str | None, str]], progress: bool, relations: bool) -> list[NoteAnalysis]:
         t0 = time.perf_counter()
         m = self.manifest
         encoded = [F.encode_note(self.tokenizer, text, m.window_tokens, m.window_stride) for _, text in notes]
-        tags = self._tag_windows(encoded, progress)
+        tags = self._tag_windows(encoded, progress, states=relations and self.pair_head is not None)
         pairs = enumerate(zip(notes, encoded, strict=True))
         analyses = [self._analysis(nid, text, enc, tags, n) for n, ((nid, text), enc) in pairs]
         if self.calibration is not None:
@@ -193,7 +238,9 @@ class FastTierEngine:
                 self._calibrate_spans(a.entities, "entity")
                 self._calibrate_spans(a.modifiers, "modifier")
                 a.calibrated = True
-        if relations:
+        if relations and tags.states is not None:
+            self._span_pair_relations(analyses, tags.states)
+        elif relations:
             self._relations(analyses, progress)
         elapsed = (time.perf_counter() - t0) * 1000
         total_tokens = sum(max(1, len(e.ids)) for e in encoded)
@@ -201,11 +248,12 @@ class FastTierEngine:
             a.elapsed_ms = elapsed * max(1, len(enc.ids)) / total_tokens  # batch time, shared by size
         return analyses
 
-    def _tag_windows(self, encoded: list[F.EncodedNote], progress: bool) -> _TagOutputs:
+    def _tag_windows(self, encoded: list[F.EncodedNote], progress: bool, states: bool = False) -> _TagOutputs:
         """The tagger over every window of every note, batched across notes (windows sorted by
-        length, so padding stays small); each window's own tokens written back to its note."""
+        length, so padding stays small); each window's own tokens written back to its note
+        (`states`: their token states too, for the span-pair relation head)."""
         m = self.manifest
-        out = _TagOutputs.empty(encoded, len(m.entity_tags), len(m.modifier_tags), m.hidden_size)
+        out = _TagOutputs.empty(encoded, len(m.entity_tags), len(m.modifier_tags), m.hidden_size, states)
         jobs = [(n, w) for n, enc in enumerate(encoded) for w in range(len(enc.windows))]
         jobs.sort(key=lambda j: encoded[j[0]].windows[j[1]].end - encoded[j[0]].windows[j[1]].start)
         bar = tqdm(total=len(jobs), desc="tag windows", unit="win", disable=not progress)
@@ -213,7 +261,7 @@ class FastTierEngine:
             batch = jobs[b : b + self.cfg.batch_size]
             seqs = [F.window_inputs(encoded[n], encoded[n].windows[w], self.special) for n, w in batch]
             ids, mask = F.pad_batch(seqs, self.special.pad)
-            ent, mod, pooled, e_lse, m_lse = self.run_tagger(ids, mask)
+            ent, mod, pooled, e_lse, m_lse, hidden = self.run_tagger(ids, mask)
             if e_lse is None or m_lse is None:
                 out.ent_lse = out.mod_lse = None  # a model exported before the energy signal
             for row, (n, w) in enumerate(batch):
@@ -225,6 +273,8 @@ class FastTierEngine:
                 if out.ent_lse is not None and out.mod_lse is not None and e_lse is not None and m_lse is not None:
                     out.ent_lse[n][own] = e_lse[row, lo:hi]
                     out.mod_lse[n][own] = m_lse[row, lo:hi]
+                if out.states is not None and hidden is not None:
+                    out.states[n][own] = hidden[row, lo:hi]
                 size = win.end - win.start
                 out.emb_sum[n] += pooled[row] * size
                 out.emb_weight[n] += size
@@ -267,7 +317,25 @@ class FastTierEngine:
 
     # -- relations --------------------------------------------------------------------------
 
+    def _span_pair_relations(self, analyses: list[NoteAnalysis], states: list[np.ndarray]) -> None:
+        """Every allowed candidate pair of each note scored by the span-pair head from the note's
+        token states (stitched from its windows): no second encoder pass."""
+        assert self.pair_head is not None
+        threshold = self.manifest.relation_threshold
+        for a, note_states in zip(analyses, states, strict=True):
+            ents = [(s.label, s.start, s.end) for s in a.entities]
+            mods = [(s.label, s.start, s.end) for s in a.modifiers]
+            cands = F.candidate_pairs(ents, mods, a.sentences)
+            if not cands:
+                continue
+            probs = self.pair_head.probs(note_states, pair_index(a.token_offsets, ents, mods, cands)).tolist()
+            a.pair_probs = sorted((c.entity, c.modifier, p) for c, p in zip(cands, probs, strict=True))
+            a.relations = [(e, mi, p) for e, mi, p in a.pair_probs if p >= threshold]
+        self._finish_relations(analyses)
+
     def _relations(self, analyses: list[NoteAnalysis], progress: bool) -> None:
+        """The `markers` path: a second encoder over each entity's marked sentence."""
+        assert self.run_relation is not None
         m = self.manifest
         jobs: list[tuple[int, F.GroupInput]] = []
         for n, a in enumerate(analyses):
@@ -299,6 +367,9 @@ class FastTierEngine:
                         analyses[n].relations.append((g.entity, mi, p))
             bar.update(len(batch))
         bar.close()
+        self._finish_relations(analyses)
+
+    def _finish_relations(self, analyses: list[NoteAnalysis]) -> None:
         for a in analyses:
             a.relations.sort()
             a.pair_probs.sort()

@@ -135,8 +135,14 @@ def viterbi(probs: np.ndarray, tags: Sequence[str]) -> list[int]:
     if key not in _TRANSITIONS:
         _TRANSITIONS[key] = np.where(_allowed_transitions(tags), 0.0, -np.inf)
     trans = _TRANSITIONS[key]
-    logp = np.log(np.clip(probs, 1e-9, 1.0))
     start_ok = np.array([0.0 if not t.startswith("I-") else -np.inf for t in tags])
+    # The constraints are hard (allowed or not) and the scores per token independent, so when the
+    # per-token best tags already form a valid sequence they are the best valid one: most notes
+    # are decoded by this check alone, without the per-token loop below.
+    greedy = np.argmax(probs, axis=1)
+    if len(greedy) and start_ok[greedy[0]] == 0.0 and np.all(trans[greedy[:-1], greedy[1:]] == 0.0):
+        return greedy.tolist()
+    logp = np.log(np.clip(probs, 1e-9, 1.0))
     score = logp[0] + start_ok
     back = np.zeros((len(probs), len(tags)), dtype=np.int64)
     for t in range(1, len(probs)):

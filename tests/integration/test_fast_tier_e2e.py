@@ -45,14 +45,17 @@ def _check(result: NoteResult | NoteError, text: str) -> NoteResult:
 
 
 def test_artifacts_and_model_card(model_dir: Path):
-    for name in ("tagger.onnx", "tagger.int8.onnx", "relation.onnx", "relation.int8.onnx", "tokenizer.json"):
+    for name in ("tagger.onnx", "tagger.int8.onnx", "pair_head.npz", "tokenizer.json"):
         assert (model_dir / name).is_file(), name
+    # relations come from the tagger's own pass: no second encoder is exported
+    assert not list(model_dir.glob("relation*.onnx"))
     card = json.loads((model_dir / "model_card.json").read_text())
     data = card["data"]
     assert len(data["hash"]) == 16 and data["notes"] == N_NOTES
     assert len(data["dev_notes"]) == DEV and not set(data["dev_notes"]) & set(data["train_notes"])
     assert card["hyper_parameters"]["seed"] == 13
     assert "dev_scores_int8" in card and card["training"]["relation_candidates"] > 0
+    assert card["training"]["relation_head"] == "span_pair" and card["training"]["relation_positive"] > 0
     # The int8 variant is the smaller file: weights are stored as 8-bit integers.
     assert (model_dir / "tagger.int8.onnx").stat().st_size < 0.5 * (model_dir / "tagger.onnx").stat().st_size
 
@@ -177,3 +180,23 @@ def test_non_utf8_file_and_mixed_batch_via_cli(model_dir: Path, tmp_path: Path):
     assert out["latin1"]["error"]["code"] == "invalid_encoding"
     assert out["empty"]["error"]["code"] == "empty_text"
     assert "entities" in out["good"]
+
+
+def test_the_marker_relation_path_still_trains_exports_and_extracts(train_dir: Path, tmp_path_factory):
+    """`relation_head="markers"` (the two-pass path, kept for comparison) end to end, tiny."""
+    from deployments.fast_tier.config import TrainConfig
+    from deployments.fast_tier.training.train import train
+
+    out = tmp_path_factory.mktemp("markers") / "model"
+    cfg = TrainConfig(
+        data_dir=train_dir, output_dir=out, max_notes=6, dev_size=1, relation_head="markers", max_steps=25
+    )
+    model_dir = train(cfg)
+    assert (model_dir / "relation.int8.onnx").is_file() and not (model_dir / "pair_head.npz").exists()
+    engine = FastTierEngine(EngineConfig(model_dir=model_dir))
+    assert engine.manifest.relation_head == "markers" and engine.pair_head is None
+    text = "Patient denies chest pain. Takes aspirin 81 mg daily for headache."
+    (result,) = engine.extract([("n", text)])
+    _check(result, text)
+    (a,) = engine.analyze([("n", text)])
+    assert all(0.0 <= p <= 1.0 for _, _, p in a.pair_probs)

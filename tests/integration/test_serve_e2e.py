@@ -634,6 +634,50 @@ def test_fast_tier_replica_killed_under_load(service: dict[str, Any]):
     assert serve.status().applications["clinie"].status == "RUNNING"
 
 
+def test_ingress_replica_killed_under_load_loses_nothing_through_the_client(service: dict[str, Any]):
+    """The Ingress replica dies while clients send notes through clinie.client: the requests in
+    flight get Ray Serve's proxy's own 500 (not the service's: no contract body), the client sends
+    them again (extraction is a pure function), and every call ends in a result."""
+    import ray
+    from ray import serve
+
+    from clinie.client import Client
+
+    def ingress() -> list[dict[str, Any]]:
+        return [a for a in ray.util.list_named_actors(all_namespaces=True) if "#Ingress#" in a["name"]]
+
+    before = {a["name"] for a in ingress()}
+    assert before
+    stop = time.time() + 12
+    results: list[dict[str, Any]] = []
+    retried: list[int] = []
+
+    def client() -> None:
+        with Client(URL, api_key=KEY, timeout=60, retries=6, backoff=0.5, max_retry_wait=5) as c:
+            while time.time() < stop:
+                results.append(c.extract(NOTE, policy="fast-only"))  # raises (fails the test) if lost
+            retried.append(c.retried)
+
+    with cf.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(client) for _ in range(4)]
+        time.sleep(3)
+        victim = ingress()[0]
+        ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=False)
+        for f in futures:
+            f.result()
+    assert results and all(r["route"]["reason"] == "policy:fast-only" for r in results)
+    for r in results:
+        NoteResult.model_validate(r).check_offsets(NOTE)
+    t0 = time.time()
+    while (call("/readyz")[0] != 200 or serve.status().applications["clinie"].status != "RUNNING") and (
+        time.time() - t0 < 90
+    ):
+        time.sleep(1)
+    assert call("/readyz")[0] == 200
+    assert {a["name"] for a in ingress()} != before, "the Ingress replica was not replaced"
+    print(f"ingress kill: {len(results)} results, {sum(retried)} retries by the clients")
+
+
 def test_note_text_never_reaches_logs_or_metrics(service: dict[str, Any]):
     canary_note = f"{CANARY} denies chest pain."
     call("/v1/extract", {"text": canary_note, "policy": "fast-only", "note_id": "canary"})

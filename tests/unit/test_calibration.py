@@ -255,7 +255,7 @@ def _backends(model_dir: Path):
         ent[..., 0] = mod[..., 0] = 1.0
         ent[ids == pain, 0], ent[ids == pain, b_problem] = 0.3, 0.7
         mod[ids == denies, 0], mod[ids == denies, b_negation] = 0.2, 0.8
-        return ent, mod, np.zeros((len(ids), 4), np.float32), None, None
+        return ent, mod, np.zeros((len(ids), 4), np.float32), None, None, None
 
     def relation(ids, mask, e_pos, pair_batch, m_pos):
         return np.full(len(m_pos), 0.9, np.float32)

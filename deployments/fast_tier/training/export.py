@@ -17,6 +17,7 @@ import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from deployments.fast_tier.config import MANIFEST_NAME, QUANT_RECIPE, RELATION_FILES, TAGGER_FILES, ModelManifest
+from deployments.fast_tier.pairs import PAIR_HEAD_FILE
 from deployments.fast_tier.training.modeling import (
     JointTagger,
     RelationClassifier,
@@ -29,6 +30,7 @@ from deployments.fast_tier.training.modeling import (
 OPSET = 17
 # The tagger graph's outputs; `*_lse` (log-sum-exp of logits) arrived with the router's energy
 # signal, so models exported before it have only the first three (the engine accepts both).
+# A tagger with the span-pair relation head also outputs its token states (`hidden`).
 TAGGER_OUTPUTS = ["entity_probs", "modifier_probs", "pooled", "entity_lse", "modifier_lse"]
 
 
@@ -79,25 +81,30 @@ def export_tagger(model: JointTagger, out_dir: Path, keep_fp32: bool = True) -> 
     mask = torch.ones((2, 12), dtype=torch.int64)
     seq = {0: "batch", 1: "sequence"}
     fp32 = out_dir / TAGGER_FILES["fp32"]
-    _export(
-        TaggerForExport(model),
-        (ids, mask),
-        fp32,
-        ["input_ids", "attention_mask"],
-        TAGGER_OUTPUTS,
-        {
-            "input_ids": seq,
-            "attention_mask": seq,
-            "entity_probs": seq,
-            "modifier_probs": seq,
-            "pooled": {0: "batch"},
-            "entity_lse": seq,
-            "modifier_lse": seq,
-        },
-    )
+    axes = {
+        "input_ids": seq,
+        "attention_mask": seq,
+        "entity_probs": seq,
+        "modifier_probs": seq,
+        "pooled": {0: "batch"},
+        "entity_lse": seq,
+        "modifier_lse": seq,
+    }
+    outputs = list(TAGGER_OUTPUTS)
+    if model.pair_head is not None:
+        outputs.append("hidden")
+        axes["hidden"] = seq
+    _export(TaggerForExport(model), (ids, mask), fp32, ["input_ids", "attention_mask"], outputs, axes)
     quantize(fp32, out_dir / TAGGER_FILES["int8"])
     if not keep_fp32:
         fp32.unlink()
+
+
+def write_pair_head(model: JointTagger, out_dir: Path) -> None:
+    """The span-pair head's weights for serving (numpy; the head is a few small matrices, cheaper
+    run in numpy on the gathered pair rows than as a graph). Nothing for a tagger without one."""
+    if model.pair_head is not None:
+        model.pair_head.numpy().save(out_dir / PAIR_HEAD_FILE)
 
 
 def export_relation(model: RelationClassifier, out_dir: Path, keep_fp32: bool = True) -> None:
@@ -136,7 +143,9 @@ def reexport(model_dir: Path) -> None:
         raise FileNotFoundError(f"no PyTorch weights under {weights}: this model cannot be re-exported")
     tagger = load_tagger(weights / "tagger", len(manifest.entity_tags), len(manifest.modifier_tags))
     export_tagger(tagger, model_dir)
-    export_relation(load_relation(weights / "relation"), model_dir)
+    write_pair_head(tagger, model_dir)
+    if manifest.relation_head == "markers":
+        export_relation(load_relation(weights / "relation"), model_dir)
     manifest.quantization = QUANT_RECIPE
     manifest.energy_outputs = True
     (model_dir / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))

@@ -4,19 +4,27 @@
   and modifier BIO (16 types). Sharing the encoder halves the serving cost of the two taggers;
   it also returns the mean-pooled encoder embedding, which the router's out-of-distribution
   signal needs without a second pass.
-- `RelationClassifier`: the same kind of encoder over a sentence in which the entity and its
-  candidate modifiers are marked (typed punctuation markers); the hidden states at the entity's
-  and a modifier's opening markers feed a binary head.
+- `SpanPairHead`: the one-pass relation head (deployments/fast_tier/pairs.py): an (entity,
+  modifier) pair scored from the tagger's own token states at the two spans' first and last
+  word-pieces, their types and their distance. Trained with the tagger, on its encoder pass.
+- `RelationClassifier` (the `markers` relation path, kept for comparison): the same kind of
+  encoder over a sentence in which the entity and its candidate modifiers are marked (typed
+  punctuation markers); the hidden states at the entity's and a modifier's opening markers feed a
+  binary head. A second encoder pass per entity.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel
+
+from clinie.schema import ENTITY_TYPES, MODIFIER_TYPES
+from deployments.fast_tier.pairs import N_DISTANCE_BUCKETS, PairHead
 
 
 def load_encoder(source: str | Path, from_config_only: bool = False) -> nn.Module:
@@ -37,38 +45,104 @@ def _encode(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
     return out.last_hidden_state
 
 
+class SpanPairHead(nn.Module):
+    """Relation logits of (entity, modifier) pairs from token states (pairs.PairHead in numpy).
+
+    Input of the MLP: the states at the entity's first and last word-piece, the modifier's first
+    and last, an entity-type, a modifier-type and a distance-bucket embedding."""
+
+    def __init__(self, hidden: int, type_dim: int = 32, inner: int = 256, dropout: float = 0.1):
+        super().__init__()
+        self.entity_type = nn.Embedding(len(ENTITY_TYPES), type_dim)
+        self.modifier_type = nn.Embedding(len(MODIFIER_TYPES), type_dim)
+        self.distance = nn.Embedding(N_DISTANCE_BUCKETS, type_dim)
+        self.mlp = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(4 * hidden + 3 * type_dim, inner),
+            nn.GELU(approximate="tanh"),
+            nn.Dropout(dropout),
+            nn.Linear(inner, 1),
+        )
+
+    def forward(self, states: torch.Tensor, rows: torch.Tensor, index: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`states` (batch, seq, hidden); pair k lies in row `rows[k]` at the positions of `index`."""
+
+        def at(pos: torch.Tensor) -> torch.Tensor:
+            return states[rows, pos]
+
+        x = torch.cat(
+            [
+                at(index["e_first"]),
+                at(index["e_last"]),
+                at(index["m_first"]),
+                at(index["m_last"]),
+                self.entity_type(index["e_type"]),
+                self.modifier_type(index["m_type"]),
+                self.distance(index["bucket"]),
+            ],
+            dim=-1,
+        )
+        return self.mlp(x).squeeze(-1)
+
+    def numpy(self) -> PairHead:
+        """The weights for serving (pairs.PairHead)."""
+        first, last = self.mlp[1], self.mlp[4]
+
+        def arr(t: torch.Tensor) -> np.ndarray:
+            return t.detach().float().cpu().numpy()
+
+        return PairHead(
+            entity_type=arr(self.entity_type.weight),
+            modifier_type=arr(self.modifier_type.weight),
+            distance=arr(self.distance.weight),
+            w1=arr(first.weight).T.copy(),
+            b1=arr(first.bias),
+            w2=arr(last.weight)[0].copy(),
+            b2=arr(last.bias)[0],
+        )
+
+
 class JointTagger(nn.Module):
-    def __init__(self, encoder: nn.Module, n_entity_tags: int, n_modifier_tags: int, dropout: float = 0.1):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        n_entity_tags: int,
+        n_modifier_tags: int,
+        dropout: float = 0.1,
+        pair_head: bool = False,
+    ):
         super().__init__()
         self.encoder = encoder
         hidden = encoder.config.hidden_size
         self.dropout = nn.Dropout(dropout)
         self.entity_head = nn.Linear(hidden, n_entity_tags)
         self.modifier_head = nn.Linear(hidden, n_modifier_tags)
+        self.pair_head = SpanPairHead(hidden) if pair_head else None
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Entity and modifier tag logits, the mean-pooled embedding, and the token states."""
         hidden = _encode(self.encoder, input_ids, attention_mask)
         x = self.dropout(hidden)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return self.entity_head(x), self.modifier_head(x), pooled
+        return self.entity_head(x), self.modifier_head(x), pooled, hidden
 
 
 class TaggerForExport(nn.Module):
     """Probabilities instead of logits, so serving needs no softmax of its own, plus each token's
-    log-sum-exp of logits (the router's energy score; probabilities alone cannot give it)."""
+    log-sum-exp of logits (the router's energy score; probabilities alone cannot give it), and,
+    for a tagger with a pair head, the token states the head scores pairs from."""
 
     def __init__(self, tagger: JointTagger):
         super().__init__()
         self.tagger = tagger
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        ent, mod, pooled = self.tagger(input_ids, attention_mask)
-        return ent.softmax(-1), mod.softmax(-1), pooled, ent.logsumexp(-1), mod.logsumexp(-1)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ent, mod, pooled, hidden = self.tagger(input_ids, attention_mask)
+        out = (ent.softmax(-1), mod.softmax(-1), pooled, ent.logsumexp(-1), mod.logsumexp(-1))
+        return (*out, hidden) if self.tagger.pair_head is not None else out
 
 
 class RelationClassifier(nn.Module):
@@ -127,8 +201,12 @@ def save_module(module: nn.Module, directory: Path) -> None:
 
 
 def load_tagger(directory: Path, n_entity_tags: int, n_modifier_tags: int) -> JointTagger:
-    model = JointTagger(load_encoder(directory, from_config_only=True), n_entity_tags, n_modifier_tags)
-    model.load_state_dict(load_file(str(directory / "weights.safetensors")))
+    state = load_file(str(directory / "weights.safetensors"))
+    with_pairs = any(k.startswith("pair_head.") for k in state)
+    model = JointTagger(
+        load_encoder(directory, from_config_only=True), n_entity_tags, n_modifier_tags, pair_head=with_pairs
+    )
+    model.load_state_dict(state)
     return model.eval()
 
 

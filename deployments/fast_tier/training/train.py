@@ -1,4 +1,5 @@
-"""`clinie train`: fit the joint entity/modifier tagger and the relation classifier, export, evaluate.
+"""`clinie train`: fit the joint entity/modifier/relation tagger (or, with the `markers` relation
+head, the tagger and a separate relation classifier), export, evaluate.
 
 One run writes a complete model directory: ONNX (fp32 and int8), tokenizers, `fast_tier.json`
 (what serving reads), `model_card.json` (data hash, split, hyper-parameters, dev scores) and
@@ -35,6 +36,7 @@ from deployments.fast_tier.config import (
     TrainConfig,
     embedded_encoder_dir,
 )
+from deployments.fast_tier.pairs import PairIndex, pair_index
 from deployments.fast_tier.training.modeling import JointTagger, RelationClassifier, load_encoder, save_module
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,44 @@ class TaggerExample:
     ids: list[int]
     entity_tags: list[int]
     modifier_tags: list[int]
+    pairs: PairIndex | None = None  # gold candidate pairs inside the window (positions in `ids`)
+    pair_labels: np.ndarray | None = None  # 1: related
+
+
+@dataclass
+class _NotePairs:
+    """A note's gold candidate pairs (positions in the note's word-pieces) and their labels."""
+
+    index: PairIndex
+    labels: np.ndarray
+
+
+def note_pairs(doc: Document, offsets: Sequence[tuple[int, int]]) -> _NotePairs:
+    """Every allowed-type (entity, modifier) pair of gold spans in one sentence, labelled: the
+    span-pair head's training candidates (at inference: the same rule over decoded spans)."""
+    ents = [(s.label, s.start, s.end) for s in doc.entities]
+    mods = [(s.label, s.start, s.end) for s in doc.modifiers]
+    cands = F.candidate_pairs(ents, mods, split_sentences(doc.text))
+    gold = {(r.entity, r.modifier) for r in doc.relations}
+    labels = np.array([int((doc.entities[c.entity].id, doc.modifiers[c.modifier].id) in gold) for c in cands])
+    return _NotePairs(pair_index(offsets, ents, mods, cands), labels.astype(np.float32))
+
+
+def _in_window(pairs: _NotePairs, start: int, end: int) -> tuple[PairIndex, np.ndarray]:
+    """The pairs whose four positions lie in word-pieces [start, end), moved to the window's
+    input positions (after its [CLS])."""
+    ix = pairs.index
+    keep = (np.minimum(ix.e_first, ix.m_first) >= start) & (np.maximum(ix.e_last, ix.m_last) < end)
+    sub = PairIndex(
+        ix.e_first[keep],
+        ix.e_last[keep],
+        ix.m_first[keep],
+        ix.m_last[keep],
+        ix.e_type[keep],
+        ix.m_type[keep],
+        ix.bucket[keep],
+    )
+    return sub.shifted(1 - start), pairs.labels[keep]
 
 
 @dataclass
@@ -65,14 +105,16 @@ def tagger_examples(
         ent, c1 = F.bio_tags(note.offsets, [(s.label, s.start, s.end) for s in doc.entities], F.ENTITY_TAGS)
         mod, c2 = F.bio_tags(note.offsets, [(s.label, s.start, s.end) for s in doc.modifiers], F.MODIFIER_TAGS)
         collisions += c1 + c2
+        pairs = note_pairs(doc, note.offsets) if cfg.relation_head == "span_pair" else None
         for w in note.windows:
-            examples.append(
-                TaggerExample(
-                    ids=F.window_inputs(note, w, special),
-                    entity_tags=[IGNORE, *ent[w.start : w.end], IGNORE],
-                    modifier_tags=[IGNORE, *mod[w.start : w.end], IGNORE],
-                )
+            ex = TaggerExample(
+                ids=F.window_inputs(note, w, special),
+                entity_tags=[IGNORE, *ent[w.start : w.end], IGNORE],
+                modifier_tags=[IGNORE, *mod[w.start : w.end], IGNORE],
             )
+            if pairs is not None:
+                ex.pairs, ex.pair_labels = _in_window(pairs, w.start, w.end)
+            examples.append(ex)
     return examples, collisions
 
 
@@ -179,22 +221,45 @@ def _fit(
     return losses
 
 
+def _pair_batch(
+    examples: list[TaggerExample], batch: list[int]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """The batch's gold candidate pairs: their row, positions and types, and their labels."""
+    parts = [(row, examples[i]) for row, i in enumerate(batch) if examples[i].pairs is not None]
+    rows = np.concatenate([np.full(len(ex.pairs), row) for row, ex in parts if ex.pairs is not None] or [np.zeros(0)])
+    index = {
+        k: torch.from_numpy(np.concatenate([getattr(ex.pairs, k) for _, ex in parts] or [np.zeros(0, np.int64)]))
+        for k in ("e_first", "e_last", "m_first", "m_last", "e_type", "m_type", "bucket")
+    }
+    labels = np.concatenate([ex.pair_labels for _, ex in parts if ex.pair_labels is not None] or [np.zeros(0)])
+    return torch.from_numpy(rows.astype(np.int64)), index, torch.from_numpy(labels.astype(np.float32))
+
+
 def train_tagger(
     examples: list[TaggerExample], encoder_src: str, cfg: TrainConfig, pad: int
 ) -> tuple[JointTagger, list[float]]:
-    model = JointTagger(load_encoder(encoder_src), len(F.ENTITY_TAGS), len(F.MODIFIER_TAGS))
+    with_pairs = cfg.relation_head == "span_pair"
+    model = JointTagger(load_encoder(encoder_src), len(F.ENTITY_TAGS), len(F.MODIFIER_TAGS), pair_head=with_pairs)
     ce = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
+    bce = torch.nn.BCEWithLogitsLoss()
 
     def loss_of(batch: list[int]) -> torch.Tensor:
         ids, mask = F.pad_batch([examples[i].ids for i in batch], pad)
         width = ids.shape[1]
         ent = torch.tensor([examples[i].entity_tags + [IGNORE] * (width - len(examples[i].ids)) for i in batch])
         mod = torch.tensor([examples[i].modifier_tags + [IGNORE] * (width - len(examples[i].ids)) for i in batch])
-        ent_logits, mod_logits, _ = model(torch.from_numpy(ids), torch.from_numpy(mask))
-        return ce(ent_logits.flatten(0, 1).float(), ent.flatten()) + ce(mod_logits.flatten(0, 1).float(), mod.flatten())
+        ent_logits, mod_logits, _, states = model(torch.from_numpy(ids), torch.from_numpy(mask))
+        loss = ce(ent_logits.flatten(0, 1).float(), ent.flatten()) + ce(mod_logits.flatten(0, 1).float(), mod.flatten())
+        if model.pair_head is not None:
+            rows, index, labels = _pair_batch(examples, batch)
+            if len(labels):
+                logits = model.pair_head(states, rows, index).float()
+                loss = loss + cfg.pair_loss_weight * bce(logits, labels)
+        return loss
 
     lengths = [len(e.ids) for e in examples]
-    losses = _fit(model, lengths, loss_of, cfg.tagger_epochs, cfg.batch_size, cfg, "train tagger")
+    desc = "train tagger + relations" if with_pairs else "train tagger"
+    losses = _fit(model, lengths, loss_of, cfg.tagger_epochs, cfg.batch_size, cfg, desc)
     return model, losses
 
 
@@ -249,10 +314,10 @@ class _Split:
 
 @dataclass
 class _TrainedModels:
-    """The two trained models and the counts the model card reports about their training."""
+    """The trained models and the counts the model card reports about their training."""
 
     tagger: JointTagger
-    relation: RelationClassifier
+    relation: RelationClassifier | None  # None: relations come from the tagger's span-pair head
     tagger_windows: int
     overlapping_spans_dropped: int
     relation_inputs: int
@@ -265,6 +330,7 @@ class _TrainedModels:
     def card_section(self, seconds: float) -> dict[str, object]:
         """The model card's `training` section."""
         return {
+            "relation_head": "markers" if self.relation is not None else "span_pair",
             "tagger_windows": self.tagger_windows,
             "overlapping_spans_dropped": self.overlapping_spans_dropped,
             "relation_inputs": self.relation_inputs,
@@ -302,7 +368,8 @@ def _read_split(cfg: TrainConfig) -> _Split:
 
 
 def _train_models(cfg: TrainConfig, encoder_src: str, train_docs: Sequence[Document], staging: Path) -> _TrainedModels:
-    """Save the tokenizer into `staging`, then train the tagger and the relation classifier."""
+    """Save the tokenizer into `staging`, then train the tagger (with its span-pair relation head)
+    or, with `relation_head="markers"`, the tagger and the relation classifier."""
     tok = _tokenizer_from(encoder_src)
     special = F.SpecialIds.of(tok)
     tok.save(str(staging / "tokenizer.json"))
@@ -310,8 +377,11 @@ def _train_models(cfg: TrainConfig, encoder_src: str, train_docs: Sequence[Docum
     log.info(
         "tagger: %d windows from %d notes (%d overlapping spans dropped)", len(tag_ex), len(train_docs), collisions
     )
+    if cfg.relation_head == "span_pair":
+        counts = _span_pair_counts(train_docs, tok, cfg, tag_ex)
+        tagger, tagger_losses = train_tagger(tag_ex, encoder_src, cfg, special.pad)
+        return _TrainedModels(tagger, None, len(tag_ex), collisions, *counts, tagger_losses, [])
     tagger, tagger_losses = train_tagger(tag_ex, encoder_src, cfg, special.pad)
-
     rel_ex, rel_skipped = relation_examples(train_docs, tok, cfg, special)
     n_pairs = sum(len(e.labels) for e in rel_ex)
     n_pos = sum(sum(e.labels) for e in rel_ex)
@@ -337,6 +407,28 @@ def _train_models(cfg: TrainConfig, encoder_src: str, train_docs: Sequence[Docum
     )
 
 
+def _span_pair_counts(
+    docs: Sequence[Document], tok: F.Tokenizer, cfg: TrainConfig, examples: list[TaggerExample]
+) -> tuple[int, int, int, int]:
+    """For the model card: (windows with pairs, candidate pairs, positive ones, pairs that no one
+    window holds whole: the head never trains on those)."""
+    total = positive = outside = 0
+    for doc in docs:
+        note = F.encode_note(tok, doc.text, cfg.window_tokens, cfg.window_stride)
+        pairs = note_pairs(doc, note.offsets)
+        ix = pairs.index
+        lo, hi = np.minimum(ix.e_first, ix.m_first), np.maximum(ix.e_last, ix.m_last)
+        held = np.zeros(len(pairs.labels), bool)
+        for w in note.windows:
+            held |= (lo >= w.start) & (hi < w.end)
+        total += len(pairs.labels)
+        positive += int(pairs.labels.sum())
+        outside += int((~held).sum())
+    windows = sum(1 for e in examples if e.pair_labels is not None and len(e.pair_labels))
+    log.info("relations (span-pair head): %d candidate pairs, %d positive, %d in no window", total, positive, outside)
+    return windows, total, positive, outside
+
+
 def _manifest(cfg: TrainConfig, data_hash: str, hidden: int) -> ModelManifest:
     return ModelManifest(
         name=cfg.name,
@@ -348,6 +440,7 @@ def _manifest(cfg: TrainConfig, data_hash: str, hidden: int) -> ModelManifest:
         window_stride=cfg.window_stride,
         relation_max_tokens=cfg.relation_max_tokens,
         relation_context_chars=cfg.relation_context_chars,
+        relation_head=cfg.relation_head,
         relation_threshold=cfg.relation_threshold,
         hidden_size=hidden,
         quantization=QUANT_RECIPE,
@@ -393,7 +486,7 @@ def _model_card(
 
 def train(cfg: TrainConfig) -> Path:
     """Train, export and evaluate a fast tier into `cfg.output_dir`; returns that directory."""
-    from deployments.fast_tier.training.export import export_relation, export_tagger
+    from deployments.fast_tier.training.export import export_relation, export_tagger, write_pair_head
 
     t0 = time.perf_counter()
     _seed_and_threads(cfg)
@@ -410,12 +503,15 @@ def train(cfg: TrainConfig) -> Path:
     (staging / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
     if cfg.keep_pytorch:
         save_module(models.tagger, staging / "pytorch" / "tagger")
-        save_module(models.relation, staging / "pytorch" / "relation")
-    bar = tqdm(total=2, desc="export ONNX fp32 + int8", unit="model")
+        if models.relation is not None:
+            save_module(models.relation, staging / "pytorch" / "relation")
+    bar = tqdm(total=2 if models.relation is not None else 1, desc="export ONNX fp32 + int8", unit="model")
     export_tagger(models.tagger, staging, keep_fp32=cfg.export_fp32)
+    write_pair_head(models.tagger, staging)
     bar.update(1)
-    export_relation(models.relation, staging, keep_fp32=cfg.export_fp32)
-    bar.update(1)
+    if models.relation is not None:
+        export_relation(models.relation, staging, keep_fp32=cfg.export_fp32)
+        bar.update(1)
     bar.close()
     fit_ood(staging, split.train)
     train_seconds = time.perf_counter() - t0
