@@ -99,6 +99,22 @@ class AdmissionConfig(BaseModel):
         "48-client storm: admitting at once at twice the capacity sent a burst of 504s), and the measured "
         "slowdown needs a few requests to show it. 0: at once.",
     )
+    cold_margin: float = Field(
+        default=2.0,
+        ge=1.0,
+        le=10.0,
+        description="Extra multiplier on the estimate while it is cold: from the first request after an idle "
+        "spell until `warm_samples` requests have finished. The speed it rests on was measured under the last "
+        "load, and a burst after a quiet spell can find the cores very differently shared (measured on 2 cores: "
+        "48 clients arriving just after a downscale got a dozen 504s from the first burst admitted). Long "
+        "deadlines never feel it; short ones get fewer notes admitted for a second or two.",
+    )
+    warm_samples: int = Field(
+        default=8, ge=0, description="Requests that must finish after an idle spell before the estimate is warm."
+    )
+    idle_reset_s: float = Field(
+        default=2.0, ge=0, description="Seconds with nothing in flight after which the estimate counts as cold."
+    )
     starting_replica_cost: float = Field(
         default=0.0,
         ge=0,
@@ -169,6 +185,8 @@ class Admission:
         # admitted requests still in the fast tier (id -> ticket): one running later than predicted
         # raises the multiplier at once, before it finishes and reaches the running mean
         self._open: dict[int, Ticket] = {}
+        self._finished_since_idle = 0  # requests finished since the last idle spell ...
+        self._idle_from: float | None = 0.0  # ... and when in-flight work last fell to zero (None: busy)
 
     # -- what the ingress feeds in -------------------------------------------------------------
 
@@ -232,7 +250,12 @@ class Admission:
         return raw * self._multiplier_locked()
 
     def _multiplier_locked(self) -> float:
-        return max(self.cfg.safety, self.cfg.tail_margin * max(self._slowdown, self._lateness_locked()))
+        m = max(self.cfg.safety, self.cfg.tail_margin * max(self._slowdown, self._lateness_locked()))
+        return m * (self.cfg.cold_margin if self._cold_locked() else 1.0)
+
+    def _cold_locked(self) -> bool:
+        """Whether the estimate is cold: too few requests finished since the last idle spell."""
+        return self._finished_since_idle < self.cfg.warm_samples
 
     def _lateness_locked(self) -> float:
         """How far past its prediction the latest-running open request is (age / predicted; 0 when
@@ -287,6 +310,9 @@ class Admission:
                     f"capacity; retry later",
                     retry,
                 )
+            if self._idle_from is not None and self._clock() - self._idle_from >= self.cfg.idle_reset_s:
+                self._finished_since_idle = 0  # a quiet spell: the speed measured before may not hold
+            self._idle_from = None
             self.in_flight_notes += notes
             self.in_flight_chars += chars
             ticket = Ticket(notes=notes, started=self._clock(), predicted_s=raw if raw != math.inf else None)
@@ -304,6 +330,7 @@ class Admission:
                 return
             ticket.closed = True
             self._open.pop(id(ticket), None)
+            self._finished_since_idle += 1
             if ticket.predicted_s is None or ticket.predicted_s <= 0:
                 return
             # clamped: one request stuck behind a dying replica must not shut admission for minutes
@@ -321,6 +348,8 @@ class Admission:
         with self._lock:
             self.in_flight_notes = max(0, self.in_flight_notes - notes)
             self.in_flight_chars = max(0, self.in_flight_chars - chars)
+            if self.in_flight_notes == 0 and self._idle_from is None:
+                self._idle_from = self._clock()
 
     def snapshot(self) -> dict[str, float]:
         """For /readyz and metrics."""
@@ -335,4 +364,5 @@ class Admission:
                 "max_replicas": float(self.max_replicas),
                 "slowdown": round(self._slowdown, 3),
                 "lateness": round(self._lateness_locked(), 3),
+                "cold": float(self._cold_locked()),
             }

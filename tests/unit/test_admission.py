@@ -25,6 +25,7 @@ def _adm(**cfg: float | None) -> Admission:
         "replica_start_s": 10.0,
         "prior_speed_chars_per_s": None,
         "replica_ramp_s": 0.0,
+        "cold_margin": 1.0,
     }
     return Admission(AdmissionConfig(**{**base, **cfg}), clock=Clock())
 
@@ -76,7 +77,14 @@ def test_refuses_exactly_when_the_queue_would_miss_the_deadline() -> None:
 def test_a_second_running_replica_doubles_what_fits_once_ramped_in() -> None:
     clock = Clock()
     adm = Admission(
-        AdmissionConfig(overhead_ms=0.0, safety=1.0, tail_margin=1.0, prior_speed_chars_per_s=None, replica_ramp_s=10),
+        AdmissionConfig(
+            cold_margin=1.0,
+            overhead_ms=0.0,
+            safety=1.0,
+            tail_margin=1.0,
+            prior_speed_chars_per_s=None,
+            replica_ramp_s=10,
+        ),
         clock=clock,
     )
     adm.record(1000, 1000.0)
@@ -143,7 +151,12 @@ def test_requests_slower_than_predicted_tighten_admission_and_recover() -> None:
     clock = Clock()
     adm = Admission(
         AdmissionConfig(
-            overhead_ms=0.0, safety=1.0, tail_margin=1.0, prior_speed_chars_per_s=1000.0, slowdown_alpha=0.5
+            cold_margin=1.0,
+            overhead_ms=0.0,
+            safety=1.0,
+            tail_margin=1.0,
+            prior_speed_chars_per_s=1000.0,
+            slowdown_alpha=0.5,
         ),
         clock=clock,
     )
@@ -184,7 +197,10 @@ def test_requests_slower_than_predicted_tighten_admission_and_recover() -> None:
 
 def test_a_batch_counts_when_its_last_note_leaves() -> None:
     clock = Clock()
-    adm = Admission(AdmissionConfig(overhead_ms=0.0, prior_speed_chars_per_s=1000.0, slowdown_alpha=1.0), clock=clock)
+    adm = Admission(
+        AdmissionConfig(cold_margin=1.0, overhead_ms=0.0, prior_speed_chars_per_s=1000.0, slowdown_alpha=1.0),
+        clock=clock,
+    )
     t = adm.admit(3, 3000, deadline_ms=60_000)
     assert isinstance(t, Ticket) and t.predicted_s == pytest.approx(3.0)
     clock.t = 1.0
@@ -200,7 +216,10 @@ def test_a_batch_counts_when_its_last_note_leaves() -> None:
 
 def test_one_stuck_request_cannot_close_admission() -> None:
     clock = Clock()
-    adm = Admission(AdmissionConfig(overhead_ms=0.0, prior_speed_chars_per_s=1000.0, slowdown_alpha=1.0), clock=clock)
+    adm = Admission(
+        AdmissionConfig(cold_margin=1.0, overhead_ms=0.0, prior_speed_chars_per_s=1000.0, slowdown_alpha=1.0),
+        clock=clock,
+    )
     t = adm.admit(1, 1000, deadline_ms=300_000)
     assert isinstance(t, Ticket)
     clock.t = 280.0  # a replica died under it
@@ -243,7 +262,8 @@ def test_config_is_strict() -> None:
 def test_a_request_running_late_tightens_admission_before_it_finishes() -> None:
     clock = Clock()
     adm = Admission(
-        AdmissionConfig(overhead_ms=0.0, safety=1.0, tail_margin=1.0, prior_speed_chars_per_s=1000.0), clock=clock
+        AdmissionConfig(cold_margin=1.0, overhead_ms=0.0, safety=1.0, tail_margin=1.0, prior_speed_chars_per_s=1000.0),
+        clock=clock,
     )
     held = adm.admit(1, 1000, deadline_ms=10_000)
     assert isinstance(held, Ticket) and held.predicted_s == pytest.approx(1.0)
@@ -266,7 +286,8 @@ def test_a_request_running_late_tightens_admission_before_it_finishes() -> None:
 def test_a_ticket_never_closed_is_forgotten_after_the_longest_deadline() -> None:
     clock = Clock()
     adm = Admission(
-        AdmissionConfig(overhead_ms=0.0, safety=1.0, tail_margin=1.0, prior_speed_chars_per_s=1000.0), clock=clock
+        AdmissionConfig(cold_margin=1.0, overhead_ms=0.0, safety=1.0, tail_margin=1.0, prior_speed_chars_per_s=1000.0),
+        clock=clock,
     )
     leaked = adm.admit(1, 1000, deadline_ms=10_000)
     assert isinstance(leaked, Ticket)
@@ -289,3 +310,40 @@ def test_a_starting_replica_slows_the_running_ones_by_its_cost_until_it_is_up() 
     assert adm.estimate_s(3000) == pytest.approx(5.0 + 500 / 2000)
     assert isinstance(adm.admit(1, 1000, deadline_ms=60_000), Ticket)
     assert isinstance(adm.admit(1, 1000, deadline_ms=3000), Refusal)  # 4 s at half speed
+
+
+def test_after_an_idle_spell_the_estimate_is_cold_until_requests_finish() -> None:
+    clock = Clock()
+    adm = Admission(
+        AdmissionConfig(
+            overhead_ms=0.0,
+            safety=1.0,
+            tail_margin=1.0,
+            prior_speed_chars_per_s=1000.0,
+            cold_margin=2.0,
+            warm_samples=2,
+            idle_reset_s=2.0,
+        ),
+        clock=clock,
+    )
+    assert adm.snapshot()["cold"] == 1.0  # a new ingress has measured nothing under this load
+    first = adm.admit(1, 1000, deadline_ms=60_000)
+    assert isinstance(first, Ticket)
+    assert adm.estimate_s(1000) == pytest.approx(4.0)  # 2,000 chars at 1,000/s, doubled while cold
+    for _ in range(2):
+        t = adm.admit(1, 10, deadline_ms=60_000)
+        assert isinstance(t, Ticket)
+        adm.done(t)
+        adm.release(1, 10)
+    assert adm.snapshot()["cold"] == 0.0 and adm.estimate_s(1000) == pytest.approx(2.0)
+    adm.done(first)
+    adm.release(1, 1000)
+    clock.t = 1.0  # a short pause: still warm
+    again = adm.admit(1, 1000, deadline_ms=60_000)
+    assert isinstance(again, Ticket) and adm.snapshot()["cold"] == 0.0
+    adm.done(again)
+    adm.release(1, 1000)
+    clock.t = 5.0  # idle for 4 s: the next burst starts cold
+    assert isinstance(adm.admit(1, 1000, deadline_ms=60_000), Ticket)
+    assert adm.snapshot()["cold"] == 1.0
+    assert isinstance(adm.admit(1, 1000, deadline_ms=3000), Refusal)  # 4 s cold; 2 s warm would fit
