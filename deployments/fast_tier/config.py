@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 MANIFEST_NAME = "fast_tier.json"
 # How the int8 files are made (export.quantize). Part of the default model's cache key, so a new
 # recipe rebuilds cached models instead of serving stale ones.
-QUANT_RECIPE = "dynamic-qint8-per-channel-v1"
+QUANT_RECIPE = "dynamic-qint8-per-channel-first-layer-fp32-v2"
 CARD_NAME = "model_card.json"
 # the exported ONNX files of a model folder, by precision (written by export.py, read by the engine)
 TAGGER_FILES = {"fp32": "tagger.onnx", "int8": "tagger.int8.onnx"}
@@ -57,6 +57,11 @@ class TrainConfig(BaseModel):
         "with it (one encoder pass per window serves entities, modifiers and relations; "
         "deployments/fast_tier/pairs.py). `markers`: a second encoder over each entity's sentence with the "
         "candidates marked (a pass per entity; the earlier path, kept for comparison).",
+    )
+    pair_context: bool = Field(
+        default=True,
+        description="`span_pair`: give the head the mean state of the word-pieces between the two spans too "
+        "(what lies between an entity and a modifier, e.g. a negation's scope, is evidence).",
     )
     pair_loss_weight: float = Field(
         default=1.0, gt=0, description="`span_pair`: weight of the relation loss beside the two tagging losses."

@@ -1,8 +1,9 @@
 """The one-pass relation head: (entity, modifier) pairs scored from the tagger's own token states.
 
 The tagger's encoder pass already gives every word-piece a contextual state. A pair is scored
-from the states at its two spans' first and last word-pieces, the two span types and the signed
-word-piece distance between them (log-bucketed), through a small MLP: no second encoder pass,
+from the states at its two spans' first and last word-pieces, the mean state of the word-pieces
+between the two spans (zero when they touch), the two span types and the signed word-piece
+distance between them (log-bucketed), through a small MLP: no second encoder pass,
 no marked copy of the sentence per entity. This module holds what serving needs (no torch):
 the candidate indexing and the head's forward pass in numpy; training has the same head as a
 torch module (training/modeling.py: SpanPairHead) and writes its weights here (`pair_head.npz`).
@@ -104,6 +105,14 @@ def pair_index(
     )
 
 
+def between(ix: PairIndex) -> tuple[np.ndarray, np.ndarray]:
+    """[lo, hi): the word-pieces strictly between each pair's two spans (empty when they touch or
+    overlap)."""
+    lo = np.minimum(ix.e_last, ix.m_last) + 1
+    hi = np.maximum(ix.e_first, ix.m_first)
+    return lo, np.maximum(hi, lo)
+
+
 def gelu(x: np.ndarray) -> np.ndarray:
     """tanh-approximated GELU, as the torch head uses (nn.GELU(approximate="tanh"))."""
     return 0.5 * x * (1.0 + np.tanh(0.7978845608028654 * (x + 0.044715 * x**3)))
@@ -116,7 +125,7 @@ class PairHead:
     entity_type: np.ndarray  # (n entity types, d)
     modifier_type: np.ndarray  # (n modifier types, d)
     distance: np.ndarray  # (N_DISTANCE_BUCKETS, d)
-    w1: np.ndarray  # (4 * hidden + 3 * d, inner)
+    w1: np.ndarray  # ((4 or 5) * hidden + 3 * d, inner): 5 with the between-spans context
     b1: np.ndarray
     w2: np.ndarray  # (inner,)
     b2: np.ndarray  # ()
@@ -140,13 +149,19 @@ class PairHead:
         if len(idx) == 0:
             return np.zeros(0, np.float32)
         hidden = states.shape[1]
+        d = self.entity_type.shape[1]
+        blocks = (self.w1.shape[0] - 3 * d) // hidden  # 4, or 5 with the between-spans context
         w = self.w1
         pre = self.b1.astype(np.float32)
         for block, pos in enumerate((idx.e_first, idx.e_last, idx.m_first, idx.m_last)):
             rows, where = np.unique(pos, return_inverse=True)
             pre = pre + (states[rows] @ w[block * hidden : (block + 1) * hidden])[where.reshape(-1)]
-        d = self.entity_type.shape[1]
-        base = 4 * hidden
+        if blocks == 5:
+            cum = np.concatenate([np.zeros((1, hidden), np.float32), np.cumsum(states, axis=0, dtype=np.float32)])
+            lo, hi = between(idx)
+            ctx = (cum[hi] - cum[lo]) / np.maximum(hi - lo, 1)[:, None].astype(np.float32)
+            pre = pre + ctx @ w[4 * hidden : 5 * hidden]
+        base = blocks * hidden
         for k, (table, ix) in enumerate(
             ((self.entity_type, idx.e_type), (self.modifier_type, idx.m_type), (self.distance, idx.bucket))
         ):

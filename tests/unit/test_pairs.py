@@ -44,10 +44,11 @@ def test_pair_index_keeps_the_allowed_same_sentence_pairs_in_order():
     assert len(pair_index(offsets, ents, mods, [])) == 0
 
 
-def test_numpy_head_matches_the_torch_head_it_was_exported_from(tmp_path):
+@pytest.mark.parametrize("context", [True, False], ids=["with-between-context", "boundaries-only"])
+def test_numpy_head_matches_the_torch_head_it_was_exported_from(tmp_path, context: bool):
     torch.manual_seed(0)
     hidden = 24
-    head = SpanPairHead(hidden, type_dim=8, inner=16).eval()
+    head = SpanPairHead(hidden, type_dim=8, inner=16, context=context).eval()
     states = torch.randn(1, 10, hidden)
     offsets = [(i * 3, i * 3 + 2) for i in range(10)]
     ents = [("problem", 0, 5), ("drug", 12, 14)]

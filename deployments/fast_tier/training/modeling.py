@@ -24,7 +24,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel
 
 from clinie.schema import ENTITY_TYPES, MODIFIER_TYPES
-from deployments.fast_tier.pairs import N_DISTANCE_BUCKETS, PairHead
+from deployments.fast_tier.pairs import N_DISTANCE_BUCKETS, PairHead, PairIndex, between
 
 
 def load_encoder(source: str | Path, from_config_only: bool = False) -> nn.Module:
@@ -49,16 +49,18 @@ class SpanPairHead(nn.Module):
     """Relation logits of (entity, modifier) pairs from token states (pairs.PairHead in numpy).
 
     Input of the MLP: the states at the entity's first and last word-piece, the modifier's first
-    and last, an entity-type, a modifier-type and a distance-bucket embedding."""
+    and last, (`context`) the mean state between the two spans, an entity-type, a modifier-type
+    and a distance-bucket embedding."""
 
-    def __init__(self, hidden: int, type_dim: int = 32, inner: int = 256, dropout: float = 0.1):
+    def __init__(self, hidden: int, type_dim: int = 32, inner: int = 256, dropout: float = 0.1, context: bool = True):
         super().__init__()
+        self.context = context
         self.entity_type = nn.Embedding(len(ENTITY_TYPES), type_dim)
         self.modifier_type = nn.Embedding(len(MODIFIER_TYPES), type_dim)
         self.distance = nn.Embedding(N_DISTANCE_BUCKETS, type_dim)
         self.mlp = nn.Sequential(
             nn.Dropout(dropout),
-            nn.Linear(4 * hidden + 3 * type_dim, inner),
+            nn.Linear((5 if context else 4) * hidden + 3 * type_dim, inner),
             nn.GELU(approximate="tanh"),
             nn.Dropout(dropout),
             nn.Linear(inner, 1),
@@ -70,12 +72,15 @@ class SpanPairHead(nn.Module):
         def at(pos: torch.Tensor) -> torch.Tensor:
             return states[rows, pos]
 
+        parts = [at(index["e_first"]), at(index["e_last"]), at(index["m_first"]), at(index["m_last"])]
+        if self.context:
+            cum = torch.cat([states.new_zeros(states.shape[0], 1, states.shape[2]), states.cumsum(1)], dim=1)
+            ix = PairIndex(*(index[k].numpy() for k in ("e_first", "e_last", "m_first", "m_last")), *([None] * 3))  # type: ignore[arg-type]
+            lo, hi = (torch.from_numpy(a) for a in between(ix))
+            parts.append((cum[rows, hi] - cum[rows, lo]) / (hi - lo).clamp(min=1).unsqueeze(-1).to(states.dtype))
         x = torch.cat(
             [
-                at(index["e_first"]),
-                at(index["e_last"]),
-                at(index["m_first"]),
-                at(index["m_last"]),
+                *parts,
                 self.entity_type(index["e_type"]),
                 self.modifier_type(index["m_type"]),
                 self.distance(index["bucket"]),
@@ -110,6 +115,7 @@ class JointTagger(nn.Module):
         n_modifier_tags: int,
         dropout: float = 0.1,
         pair_head: bool = False,
+        pair_context: bool = True,
     ):
         super().__init__()
         self.encoder = encoder
@@ -117,7 +123,7 @@ class JointTagger(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.entity_head = nn.Linear(hidden, n_entity_tags)
         self.modifier_head = nn.Linear(hidden, n_modifier_tags)
-        self.pair_head = SpanPairHead(hidden) if pair_head else None
+        self.pair_head = SpanPairHead(hidden, context=pair_context) if pair_head else None
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor

@@ -239,7 +239,13 @@ def train_tagger(
     examples: list[TaggerExample], encoder_src: str, cfg: TrainConfig, pad: int
 ) -> tuple[JointTagger, list[float]]:
     with_pairs = cfg.relation_head == "span_pair"
-    model = JointTagger(load_encoder(encoder_src), len(F.ENTITY_TAGS), len(F.MODIFIER_TAGS), pair_head=with_pairs)
+    model = JointTagger(
+        load_encoder(encoder_src),
+        len(F.ENTITY_TAGS),
+        len(F.MODIFIER_TAGS),
+        pair_head=with_pairs,
+        pair_context=cfg.pair_context,
+    )
     ce = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
     bce = torch.nn.BCEWithLogitsLoss()
 
