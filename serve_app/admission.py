@@ -151,7 +151,6 @@ class Ticket:
     started: float
     predicted_s: float | None
     latest: float = 0.0
-    closed: bool = False
 
 
 @dataclass(frozen=True)
@@ -326,9 +325,8 @@ class Admission:
             now = self._clock()
             ticket.latest = max(ticket.latest, now)
             ticket.notes -= 1
-            if ticket.notes > 0 or ticket.closed:
+            if ticket.notes != 0:  # notes still in the fast tier (or a stray extra call)
                 return
-            ticket.closed = True
             self._open.pop(id(ticket), None)
             self._finished_since_idle += 1
             if ticket.predicted_s is None or ticket.predicted_s <= 0:

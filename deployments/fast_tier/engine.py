@@ -11,12 +11,13 @@ a second encoder over marked sentences.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -98,7 +99,12 @@ def onnx_backends(cfg: EngineConfig, relation: bool = True) -> tuple[TaggerBacke
     return run_tagger, run_relation
 
 
-_BLAS: list[object] = []  # the process's ThreadpoolController, made once (it inspects loaded libraries)
+@functools.cache
+def _blas_controller() -> Any:
+    """The process's ThreadpoolController, made once (it inspects the loaded libraries)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 @contextlib.contextmanager
@@ -108,11 +114,7 @@ def _one_blas_thread() -> Iterator[None]:
     whose threads spin between runs: measured on 2 cores, int8 extraction went from 8.6 to 13.6
     notes/s with BLAS on one thread (benchmarks/fast_tier.py). Other users of BLAS in the process
     get their setting back on exit; torch and ONNX Runtime keep their own pools."""
-    from threadpoolctl import ThreadpoolController
-
-    if not _BLAS:
-        _BLAS.append(ThreadpoolController())
-    with _BLAS[0].limit(limits=1, user_api="blas"):  # type: ignore[attr-defined]
+    with _blas_controller().limit(limits=1, user_api="blas"):
         yield
 
 

@@ -15,7 +15,7 @@ sentence (features.candidate_pairs), so the 22 allowed pairs and the sentence ru
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from deployments.fast_tier.features import PairCandidate
 PAIR_HEAD_FILE = "pair_head.npz"
 MAX_LOG_DISTANCE = 7  # |distance| buckets: 0, 1, 2-3, 4-7, ..., 32-63, 64+
 N_DISTANCE_BUCKETS = 2 * MAX_LOG_DISTANCE + 1
+POSITIONS = ("e_first", "e_last", "m_first", "m_last")  # the PairIndex fields that are word-piece positions
 ENTITY_INDEX = {t: i for i, t in enumerate(ENTITY_TYPES)}
 MODIFIER_INDEX = {t: i for i, t in enumerate(MODIFIER_TYPES)}
 
@@ -55,15 +56,16 @@ class PairIndex:
 
     def shifted(self, by: int) -> PairIndex:
         """The same pairs with positions moved by `by` (a window's [CLS] and start)."""
-        return PairIndex(
-            self.e_first + by,
-            self.e_last + by,
-            self.m_first + by,
-            self.m_last + by,
-            self.e_type,
-            self.m_type,
-            self.bucket,
-        )
+        return replace(self, **{k: getattr(self, k) + by for k in POSITIONS})
+
+    def select(self, keep: np.ndarray) -> PairIndex:
+        """The pairs where `keep` (a boolean mask or indices) says so."""
+        return PairIndex(**{f.name: getattr(self, f.name)[keep] for f in fields(self)})
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every field by name, and the between-spans range (`lo`, `hi`): what the torch head reads."""
+        lo, hi = between(self)
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "lo": lo, "hi": hi}
 
 
 def span_tokens(

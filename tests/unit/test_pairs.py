@@ -57,8 +57,7 @@ def test_numpy_head_matches_the_torch_head_it_was_exported_from(tmp_path, contex
 
     cands = [PairCandidate(0, 0, 0), PairCandidate(0, 2, 0), PairCandidate(1, 1, 0)]
     ix = pair_index(offsets, ents, mods, cands)
-    index = {k: torch.from_numpy(getattr(ix, k)) for k in ("e_first", "e_last", "m_first", "m_last")}
-    index |= {k: torch.from_numpy(getattr(ix, k)) for k in ("e_type", "m_type", "bucket")}
+    index = {k: torch.from_numpy(v) for k, v in ix.arrays().items()}
     with torch.no_grad():
         expected = torch.sigmoid(head(states, torch.zeros(len(cands), dtype=torch.int64), index)).numpy()
     head.numpy().save(tmp_path / "head.npz")

@@ -24,7 +24,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel
 
 from clinie.schema import ENTITY_TYPES, MODIFIER_TYPES
-from deployments.fast_tier.pairs import N_DISTANCE_BUCKETS, PairHead, PairIndex, between
+from deployments.fast_tier.pairs import N_DISTANCE_BUCKETS, PairHead
 
 
 def load_encoder(source: str | Path, from_config_only: bool = False) -> nn.Module:
@@ -67,7 +67,8 @@ class SpanPairHead(nn.Module):
         )
 
     def forward(self, states: torch.Tensor, rows: torch.Tensor, index: dict[str, torch.Tensor]) -> torch.Tensor:
-        """`states` (batch, seq, hidden); pair k lies in row `rows[k]` at the positions of `index`."""
+        """`states` (batch, seq, hidden); pair k lies in row `rows[k]` at the positions of `index`
+        (pairs.PairIndex.arrays(): the span boundaries, the between-spans range, the types)."""
 
         def at(pos: torch.Tensor) -> torch.Tensor:
             return states[rows, pos]
@@ -75,8 +76,7 @@ class SpanPairHead(nn.Module):
         parts = [at(index["e_first"]), at(index["e_last"]), at(index["m_first"]), at(index["m_last"])]
         if self.context:
             cum = torch.cat([states.new_zeros(states.shape[0], 1, states.shape[2]), states.cumsum(1)], dim=1)
-            ix = PairIndex(*(index[k].numpy() for k in ("e_first", "e_last", "m_first", "m_last")), *([None] * 3))  # type: ignore[arg-type]
-            lo, hi = (torch.from_numpy(a) for a in between(ix))
+            lo, hi = index["lo"], index["hi"]
             parts.append((cum[rows, hi] - cum[rows, lo]) / (hi - lo).clamp(min=1).unsqueeze(-1).to(states.dtype))
         x = torch.cat(
             [
@@ -209,9 +209,10 @@ def save_module(module: nn.Module, directory: Path) -> None:
 def load_tagger(directory: Path, n_entity_tags: int, n_modifier_tags: int) -> JointTagger:
     state = load_file(str(directory / "weights.safetensors"))
     with_pairs = any(k.startswith("pair_head.") for k in state)
-    model = JointTagger(
-        load_encoder(directory, from_config_only=True), n_entity_tags, n_modifier_tags, pair_head=with_pairs
-    )
+    encoder = load_encoder(directory, from_config_only=True)
+    # a head trained without the between-spans context has 4 state blocks in its first layer, not 5
+    context = with_pairs and state["pair_head.mlp.1.weight"].shape[1] >= 5 * encoder.config.hidden_size
+    model = JointTagger(encoder, n_entity_tags, n_modifier_tags, pair_head=with_pairs, pair_context=context)
     model.load_state_dict(state)
     return model.eval()
 

@@ -71,21 +71,24 @@ def note_pairs(doc: Document, offsets: Sequence[tuple[int, int]]) -> _NotePairs:
     return _NotePairs(pair_index(offsets, ents, mods, cands), labels.astype(np.float32))
 
 
-def _in_window(pairs: _NotePairs, start: int, end: int) -> tuple[PairIndex, np.ndarray]:
-    """The pairs whose four positions lie in word-pieces [start, end), moved to the window's
-    input positions (after its [CLS])."""
+def _in_window(pairs: _NotePairs, start: int, end: int) -> np.ndarray:
+    """Which pairs have all four positions in word-pieces [start, end) (a boolean mask)."""
     ix = pairs.index
-    keep = (np.minimum(ix.e_first, ix.m_first) >= start) & (np.maximum(ix.e_last, ix.m_last) < end)
-    sub = PairIndex(
-        ix.e_first[keep],
-        ix.e_last[keep],
-        ix.m_first[keep],
-        ix.m_last[keep],
-        ix.e_type[keep],
-        ix.m_type[keep],
-        ix.bucket[keep],
-    )
-    return sub.shifted(1 - start), pairs.labels[keep]
+    return (np.minimum(ix.e_first, ix.m_first) >= start) & (np.maximum(ix.e_last, ix.m_last) < end)
+
+
+@dataclass
+class PairCounts:
+    """For the model card: the gold candidate pairs of the span-pair head's training notes."""
+
+    candidates: int = 0
+    positive: int = 0
+    outside: int = 0  # in no one window whole: the head never trains on these
+
+    def add(self, pairs: _NotePairs, held: np.ndarray) -> None:
+        self.candidates += len(pairs.labels)
+        self.positive += int(pairs.labels.sum())
+        self.outside += int((~held).sum())
 
 
 @dataclass
@@ -98,14 +101,17 @@ class RelationExample:
 
 def tagger_examples(
     docs: Sequence[Document], tok: F.Tokenizer, cfg: TrainConfig, special: F.SpecialIds
-) -> tuple[list[TaggerExample], int]:
-    examples, collisions = [], 0
+) -> tuple[list[TaggerExample], int, PairCounts]:
+    """Tagger windows with their BIO tags (and, for the span-pair head, the gold candidate pairs
+    inside each window); the overlapping spans dropped; the pair counts for the model card."""
+    examples, collisions, counts = [], 0, PairCounts()
     for doc in docs:
         note = F.encode_note(tok, doc.text, cfg.window_tokens, cfg.window_stride)
         ent, c1 = F.bio_tags(note.offsets, [(s.label, s.start, s.end) for s in doc.entities], F.ENTITY_TAGS)
         mod, c2 = F.bio_tags(note.offsets, [(s.label, s.start, s.end) for s in doc.modifiers], F.MODIFIER_TAGS)
         collisions += c1 + c2
         pairs = note_pairs(doc, note.offsets) if cfg.relation_head == "span_pair" else None
+        held = np.zeros(len(pairs.labels) if pairs is not None else 0, bool)
         for w in note.windows:
             ex = TaggerExample(
                 ids=F.window_inputs(note, w, special),
@@ -113,9 +119,14 @@ def tagger_examples(
                 modifier_tags=[IGNORE, *mod[w.start : w.end], IGNORE],
             )
             if pairs is not None:
-                ex.pairs, ex.pair_labels = _in_window(pairs, w.start, w.end)
+                keep = _in_window(pairs, w.start, w.end)
+                held |= keep
+                # moved to the window's input positions (after its [CLS])
+                ex.pairs, ex.pair_labels = pairs.index.select(keep).shifted(1 - w.start), pairs.labels[keep]
             examples.append(ex)
-    return examples, collisions
+        if pairs is not None:
+            counts.add(pairs, held)
+    return examples, collisions, counts
 
 
 def relation_examples(
@@ -225,14 +236,15 @@ def _pair_batch(
     examples: list[TaggerExample], batch: list[int]
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """The batch's gold candidate pairs: their row, positions and types, and their labels."""
-    parts = [(row, examples[i]) for row, i in enumerate(batch) if examples[i].pairs is not None]
-    rows = np.concatenate([np.full(len(ex.pairs), row) for row, ex in parts if ex.pairs is not None] or [np.zeros(0)])
-    index = {
-        k: torch.from_numpy(np.concatenate([getattr(ex.pairs, k) for _, ex in parts] or [np.zeros(0, np.int64)]))
-        for k in ("e_first", "e_last", "m_first", "m_last", "e_type", "m_type", "bucket")
-    }
-    labels = np.concatenate([ex.pair_labels for _, ex in parts if ex.pair_labels is not None] or [np.zeros(0)])
-    return torch.from_numpy(rows.astype(np.int64)), index, torch.from_numpy(labels.astype(np.float32))
+    parts = [(row, examples[i].pairs, examples[i].pair_labels) for row, i in enumerate(batch)]
+    parts = [(row, ix, y) for row, ix, y in parts if ix is not None and y is not None and len(y)]
+    if not parts:
+        return torch.zeros(0, dtype=torch.int64), {}, torch.zeros(0)
+    arrays = [ix.arrays() for _, ix, _ in parts]
+    rows = np.concatenate([np.full(len(y), row, np.int64) for row, _, y in parts])
+    index = {k: torch.from_numpy(np.concatenate([a[k] for a in arrays])) for k in arrays[0]}
+    labels = np.concatenate([y for _, _, y in parts]).astype(np.float32)
+    return torch.from_numpy(rows), index, torch.from_numpy(labels)
 
 
 def train_tagger(
@@ -379,14 +391,31 @@ def _train_models(cfg: TrainConfig, encoder_src: str, train_docs: Sequence[Docum
     tok = _tokenizer_from(encoder_src)
     special = F.SpecialIds.of(tok)
     tok.save(str(staging / "tokenizer.json"))
-    tag_ex, collisions = tagger_examples(train_docs, tok, cfg, special)
+    tag_ex, collisions, pair_counts = tagger_examples(train_docs, tok, cfg, special)
     log.info(
         "tagger: %d windows from %d notes (%d overlapping spans dropped)", len(tag_ex), len(train_docs), collisions
     )
     if cfg.relation_head == "span_pair":
-        counts = _span_pair_counts(train_docs, tok, cfg, tag_ex)
+        windows = sum(1 for e in tag_ex if e.pair_labels is not None and len(e.pair_labels))
+        log.info(
+            "relations (span-pair head): %d candidate pairs, %d positive, %d in no window",
+            pair_counts.candidates,
+            pair_counts.positive,
+            pair_counts.outside,
+        )
         tagger, tagger_losses = train_tagger(tag_ex, encoder_src, cfg, special.pad)
-        return _TrainedModels(tagger, None, len(tag_ex), collisions, *counts, tagger_losses, [])
+        return _TrainedModels(
+            tagger=tagger,
+            relation=None,
+            tagger_windows=len(tag_ex),
+            overlapping_spans_dropped=collisions,
+            relation_inputs=windows,
+            relation_candidates=pair_counts.candidates,
+            relation_positive=pair_counts.positive,
+            relation_candidates_too_far_apart=pair_counts.outside,
+            tagger_losses=tagger_losses,
+            relation_losses=[],
+        )
     tagger, tagger_losses = train_tagger(tag_ex, encoder_src, cfg, special.pad)
     rel_ex, rel_skipped = relation_examples(train_docs, tok, cfg, special)
     n_pairs = sum(len(e.labels) for e in rel_ex)
@@ -411,28 +440,6 @@ def _train_models(cfg: TrainConfig, encoder_src: str, train_docs: Sequence[Docum
         tagger_losses=tagger_losses,
         relation_losses=relation_losses,
     )
-
-
-def _span_pair_counts(
-    docs: Sequence[Document], tok: F.Tokenizer, cfg: TrainConfig, examples: list[TaggerExample]
-) -> tuple[int, int, int, int]:
-    """For the model card: (windows with pairs, candidate pairs, positive ones, pairs that no one
-    window holds whole: the head never trains on those)."""
-    total = positive = outside = 0
-    for doc in docs:
-        note = F.encode_note(tok, doc.text, cfg.window_tokens, cfg.window_stride)
-        pairs = note_pairs(doc, note.offsets)
-        ix = pairs.index
-        lo, hi = np.minimum(ix.e_first, ix.m_first), np.maximum(ix.e_last, ix.m_last)
-        held = np.zeros(len(pairs.labels), bool)
-        for w in note.windows:
-            held |= (lo >= w.start) & (hi < w.end)
-        total += len(pairs.labels)
-        positive += int(pairs.labels.sum())
-        outside += int((~held).sum())
-    windows = sum(1 for e in examples if e.pair_labels is not None and len(e.pair_labels))
-    log.info("relations (span-pair head): %d candidate pairs, %d positive, %d in no window", total, positive, outside)
-    return windows, total, positive, outside
 
 
 def _manifest(cfg: TrainConfig, data_hash: str, hidden: int) -> ModelManifest:
