@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -76,6 +78,33 @@ def test_viterbi_never_emits_an_orphan_inside_tag(n, seed):
     for prev, cur in zip(["O", *path], path, strict=False):
         if cur.startswith("I-"):
             assert prev in (f"B-{cur[2:]}", cur)
+
+
+def _best_valid_score(probs: np.ndarray, tags: list[str]) -> float:
+    """The score of the best valid BIO sequence, by trying every sequence (short inputs only)."""
+    logp = np.log(np.clip(probs, 1e-9, 1.0))
+    best = -np.inf
+    for seq in itertools.product(range(len(tags)), repeat=len(probs)):
+        names = ["O", *(tags[i] for i in seq)]
+        if all(not c.startswith("I-") or a in (f"B-{c[2:]}", c) for a, c in itertools.pairwise(names)):
+            best = max(best, float(sum(logp[t, i] for t, i in enumerate(seq))))
+    return best
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 5), st.sampled_from([0.05, 0.3, 1.0]), st.integers(0, 2**31 - 1))
+def test_viterbi_finds_a_best_valid_path(n, peak, seed):
+    # against an exhaustive search; peaked probabilities (small Dirichlet concentration) make the
+    # per-token best tags invalid often and put "cuts" (every B-X at least as likely as its I-X)
+    # in the middle of a sequence, where the decoding splits
+    rng = np.random.default_rng(seed)
+    tags = ["O", "B-A", "I-A", "B-B", "I-B"]
+    probs = rng.dirichlet(np.full(len(tags), peak), size=n)
+    path = F.viterbi(probs, tags)
+    names = ["O", *(tags[i] for i in path)]
+    assert all(not c.startswith("I-") or a in (f"B-{c[2:]}", c) for a, c in itertools.pairwise(names))
+    logp = np.log(np.clip(probs, 1e-9, 1.0))
+    assert sum(logp[t, i] for t, i in enumerate(path)) == pytest.approx(_best_valid_score(probs, tags))
 
 
 def test_spans_are_widened_to_whole_words(tok):
