@@ -281,24 +281,27 @@ class Admission:
                 worst = max(worst, age / t.predicted_s)
         return min(10.0, worst)
 
+    def _anticipating_locked(self) -> bool:
+        """Whether a replica start is counted before it begins (`anticipate_upscale`): under load
+        with room to grow, one may start at any moment. Not while the estimate is cold: the cold
+        margin already doubles it, and both at once refused a fresh service's first burst of 30 s
+        requests (measured: 13 of 8 clients' first ~50)."""
+        return (
+            self.cfg.anticipate_upscale
+            and self.cfg.starting_replica_cost > 0
+            and self.in_flight_notes > 0
+            and self.running_replicas < self.max_replicas
+            and not self._cold_locked()
+        )
+
     def _raw_estimate_locked(self, work: int) -> float | None:
         """The time to clear `work` characters at the measured speed, without any margin."""
         if self._speed is None:
             return None
         cfg = self.cfg
         full = self._effective_running_locked()
-        # a starting replica slows the running ones (shared cores), never below a quarter of them;
-        # under load with room to grow, one may start at any moment. Not while the estimate is
-        # cold: the cold margin already doubles it, and both at once refused a fresh service's
-        # first burst of 30 s requests (measured: 13 of 8 clients' first ~50)
-        slowing = self.starting_replicas
-        if (
-            cfg.anticipate_upscale
-            and self.in_flight_notes > 0
-            and self.running_replicas < self.max_replicas
-            and not self._cold_locked()
-        ):
-            slowing = max(slowing, 1)
+        # a starting replica slows the running ones (shared cores), never below a quarter of them
+        slowing = max(self.starting_replicas, int(self._anticipating_locked()))
         now_rate = self._speed * max(0.25 * full, full - cfg.starting_replica_cost * slowing)
         later_rate = self._speed * (full + self.starting_replicas)
         if now_rate > 0 and work / now_rate <= cfg.replica_start_s:
@@ -383,4 +386,5 @@ class Admission:
                 "slowdown": round(self._slowdown, 3),
                 "lateness": round(self._lateness_locked(), 3),
                 "cold": float(self._cold_locked()),
+                "anticipated_start": float(self._anticipating_locked()),
             }

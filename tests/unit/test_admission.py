@@ -322,14 +322,17 @@ def test_under_load_with_room_to_grow_a_start_is_counted_before_it_begins() -> N
     # work in flight and a second replica allowed: the autoscaler may start it at any moment, and
     # its start halves the running replica, so 2,000 chars take 4 s, not 2
     assert adm.estimate_s(1000) == pytest.approx(4.0)
+    assert adm.snapshot()["anticipated_start"] == 1.0
     assert isinstance(adm.admit(1, 1000, deadline_ms=3000), Refusal)
     adm.set_replicas(running=2, starting=0, max_replicas=2)  # at max_replicas no start can come
     assert adm.estimate_s(1000) == pytest.approx(1.0)
+    assert adm.snapshot()["anticipated_start"] == 0.0
     cold = _adm(replica_start_s=5.0, starting_replica_cost=0.5, warm_samples=1)
     cold.record(1000, 1000.0)
     cold.set_replicas(running=1, starting=0, max_replicas=2)
     assert isinstance(cold.admit(1, 1000, deadline_ms=60_000), Ticket)
     assert cold.estimate_s(1000) == pytest.approx(2.0)  # cold: the cold margin (1.0 here) stands in
+    assert cold.snapshot()["anticipated_start"] == 0.0
     no_anticipation = _adm(replica_start_s=5.0, starting_replica_cost=0.5, anticipate_upscale=False, warm_samples=0)
     no_anticipation.record(1000, 1000.0)
     no_anticipation.set_replicas(running=1, starting=0, max_replicas=2)
