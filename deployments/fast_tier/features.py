@@ -162,7 +162,8 @@ def viterbi(probs: np.ndarray, tags: Sequence[str]) -> list[int]:
     bad = np.concatenate([[start[greedy[0]] != 0.0], trans[greedy[:-1], greedy[1:]] != 0.0])
     if not bad.any():
         return greedy.tolist()
-    cut = np.all(probs[:, begin] >= probs[:, inside], axis=1) if len(inside) else np.ones(len(probs), bool)
+    # (a tag set with no I- tags never gets here: every sequence of it is valid)
+    cut = np.all(probs[:, begin] >= probs[:, inside], axis=1)
     cut[0] = True
     bounds = np.append(np.flatnonzero(cut), len(probs))
     path = greedy.copy()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -80,15 +81,20 @@ def test_viterbi_never_emits_an_orphan_inside_tag(n, seed):
             assert prev in (f"B-{cur[2:]}", cur)
 
 
+def _is_valid_bio(path: Sequence[int], tags: list[str]) -> bool:
+    names = ["O", *(tags[i] for i in path)]
+    return all(not c.startswith("I-") or a in (f"B-{c[2:]}", c) for a, c in itertools.pairwise(names))
+
+
+def _path_score(probs: np.ndarray, path: Sequence[int]) -> float:
+    logp = np.log(np.clip(probs, 1e-9, 1.0))
+    return float(sum(logp[t, i] for t, i in enumerate(path)))
+
+
 def _best_valid_score(probs: np.ndarray, tags: list[str]) -> float:
     """The score of the best valid BIO sequence, by trying every sequence (short inputs only)."""
-    logp = np.log(np.clip(probs, 1e-9, 1.0))
-    best = -np.inf
-    for seq in itertools.product(range(len(tags)), repeat=len(probs)):
-        names = ["O", *(tags[i] for i in seq)]
-        if all(not c.startswith("I-") or a in (f"B-{c[2:]}", c) for a, c in itertools.pairwise(names)):
-            best = max(best, float(sum(logp[t, i] for t, i in enumerate(seq))))
-    return best
+    seqs = itertools.product(range(len(tags)), repeat=len(probs))
+    return max(_path_score(probs, seq) for seq in seqs if _is_valid_bio(seq, tags))
 
 
 @settings(max_examples=60, deadline=None)
@@ -101,10 +107,8 @@ def test_viterbi_finds_a_best_valid_path(n, peak, seed):
     tags = ["O", "B-A", "I-A", "B-B", "I-B"]
     probs = rng.dirichlet(np.full(len(tags), peak), size=n)
     path = F.viterbi(probs, tags)
-    names = ["O", *(tags[i] for i in path)]
-    assert all(not c.startswith("I-") or a in (f"B-{c[2:]}", c) for a, c in itertools.pairwise(names))
-    logp = np.log(np.clip(probs, 1e-9, 1.0))
-    assert sum(logp[t, i] for t, i in enumerate(path)) == pytest.approx(_best_valid_score(probs, tags))
+    assert _is_valid_bio(path, tags)
+    assert _path_score(probs, path) == pytest.approx(_best_valid_score(probs, tags))
 
 
 def test_spans_are_widened_to_whole_words(tok):
