@@ -8,7 +8,8 @@ the time from the fault until `/readyz?strict=true` answers 200 again. Faults:
 - `llm_replica`: Ray's actor kill of the LLMTier replica;
 - `llm_engine`: SIGKILL to the LLM engine's own process (a child of the LLMTier replica);
 - `ingress_replica`: Ray's actor kill of the Ingress replica.
-Every answer is classed: a result (by tier and `route.reason`), a refusal with `Retry-After`
+Every answer is classed: a result (by tier and `route.reason`; marked when Ray's proxy sent it again
+after losing its Ingress replica), a refusal with `Retry-After`
 (429/503), an explicit 504, a 500, anything else, no answer, or an answer later than its deadline
 plus 2 s. The target is no 500, nothing unanswered and nothing late.
 
@@ -81,7 +82,9 @@ def _classify(status: Any, body: dict[str, Any], headers: dict[str, str], second
     if seconds > DEADLINE_MS / 1000 + 2:
         return "late"
     if status == 200:
-        return f"200 {body['route']['tier']} {body['route']['reason']}"
+        again = any(k.lower() == "x-clinie-proxy-retried" for k in headers)  # serve_app/proxy_retry.py
+        label = f"200 {body['route']['tier']} {body['route']['reason']}"
+        return label + " (sent again by the proxy)" if again else label
     if status in (429, 503):
         has = any(k.lower() == "retry-after" for k in headers)
         return f"{status} retry-after" if has else f"{status} without Retry-After"

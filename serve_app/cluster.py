@@ -26,6 +26,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from clinie.paths import CONFIG_DIR
+from serve_app import proxy_retry
 
 CLUSTER_CONFIG = CONFIG_DIR / "serve.cluster.yaml"
 
@@ -73,6 +74,7 @@ def _run(cmd: list[str]) -> None:
 
 def up(port: int = 6379, dashboard_port: int = 8265) -> str:
     """Start the head and the workers; returns the cluster address."""
+    proxy_retry.install_env()  # every node's proxy (started by its raylet) retries a lost Ingress
     ray = _ray_cli()
     _run(
         [

@@ -33,7 +33,14 @@ from serve_app.grpc_service import InvalidRequest
 from serve_app.metrics import Metrics
 from serve_app.service import NoteService
 from serve_app.tenants import RateLimited, Tenants, Unauthorized
-from serve_app.wire import ApiError, ExtractBatchRequest, ExtractRequest, parse_json, safe_validation_message
+from serve_app.wire import (
+    ApiError,
+    ExtractBatchRequest,
+    ExtractRequest,
+    parse_json,
+    safe_validation_message,
+    spent_ms,
+)
 
 log = logging.getLogger("clinie.ingress")
 
@@ -121,11 +128,13 @@ class Ingress:
             except ValidationError as exc:
                 raise ApiError(400, "invalid_request", safe_validation_message(exc)) from None
             self._spend(tenant, req)  # type: ignore[arg-type]  # the endpoint's model is one of the two
+            spent = spent_ms(request.headers.get("x-clinie-spent-ms"))
             if isinstance(req, ExtractRequest):
-                out: dict[str, Any] = (await self.service.extract(req)).model_dump(mode="json")
+                out: dict[str, Any] = (await self.service.extract(req, spent)).model_dump(mode="json")
             else:
                 assert isinstance(req, ExtractBatchRequest)
-                out = {"results": [r.model_dump(mode="json") for r in await self.service.extract_batch(req)]}
+                results = await self.service.extract_batch(req, spent)
+                out = {"results": [r.model_dump(mode="json") for r in results]}
             return JSONResponse(out)
         except ApiError as exc:
             status = exc.status

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from clinie.paths import CONFIG_DIR, repo_path
+from serve_app import proxy_retry
 from serve_app.config import AppConfig
 
 LOCAL_CONFIG = CONFIG_DIR / "serve.local.yaml"
@@ -127,6 +128,7 @@ def start(
     t0 = time.perf_counter()
     cpus = num_cpus or max(4, (os.cpu_count() or 2) + 2)
     if not ray.is_initialized():
+        proxy_retry.install_env()  # the proxy inherits it from the raylet started here
         ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False, log_to_driver=True)
     http = raw.get("http_options", {})
     options: dict[str, Any] = {"host": host, "port": port, "request_timeout_s": http.get("request_timeout_s", 180)}

@@ -187,16 +187,27 @@ class NoteService:
         self.metrics.observe_result(result, costs.fast_cost_per_call, costs.llm_cost_per_token)
         return result
 
-    async def extract(self, req: ExtractRequest) -> NoteResult:
-        t0 = time.perf_counter()
+    def _left_ms(self, deadline_ms: float, spent_ms: float) -> float:
+        """What the deadline leaves after `spent_ms` used before this replica saw the request (a
+        retry by the proxy after a lost Ingress replica); 504 when nothing is left."""
+        left = deadline_ms - spent_ms
+        if left <= 0:
+            self.metrics.rejected.labels("deadline_exceeded").inc()
+            raise ApiError(504, "deadline_exceeded", "the deadline passed before the request could be sent again")
+        return left
+
+    async def extract(self, req: ExtractRequest, spent_ms: float = 0.0) -> NoteResult:
+        """One note. `spent_ms`: deadline already used elsewhere (serve_app/proxy_retry.py); the
+        deadline still counts from the caller's first attempt."""
+        t0 = time.perf_counter() - spent_ms / 1000
         policy = self._check_policy(req.policy)
         valid = self._validate(req.text)  # bad input is a 4xx even when the service is busy
         deadline = self._deadline(req.deadline_ms)
-        ticket = await self._admit(1, len(valid), deadline)
+        ticket = await self._admit(1, len(valid), self._left_ms(deadline, spent_ms))
         return await self._one(req.note_id, valid, policy, deadline, t0, ticket)
 
-    async def extract_batch(self, req: ExtractBatchRequest) -> list[NoteResult | NoteError]:
-        t0 = time.perf_counter()
+    async def extract_batch(self, req: ExtractBatchRequest, spent_ms: float = 0.0) -> list[NoteResult | NoteError]:
+        t0 = time.perf_counter() - spent_ms / 1000
         if len(req.notes) > self.cfg.limits.max_batch_notes:
             raise ApiError(
                 413,
@@ -213,7 +224,8 @@ class NoteService:
         valid = [v for v in checked if isinstance(v, str)]
         deadline = self._deadline(req.deadline_ms)
         # a batch of only bad notes gets its error slots, busy or not
-        ticket = await self._admit(len(valid), sum(len(v) for v in valid), deadline) if valid else None
+        left = self._left_ms(deadline, spent_ms)
+        ticket = await self._admit(len(valid), sum(len(v) for v in valid), left) if valid else None
 
         async def slot(n: BatchNote, v: str | ApiError) -> NoteResult | NoteError:
             try:

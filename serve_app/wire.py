@@ -116,3 +116,17 @@ def safe_validation_message(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in err["loc"]) or "body"
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
+
+
+def spent_ms(header: str | None) -> float:
+    """Milliseconds of the request's deadline already spent before it reached this Ingress replica:
+    Ray's proxy says so (`x-clinie-spent-ms`, serve_app/proxy_retry.py) when it sends a request
+    again after losing the replica it was on. Anything but a number in [0, MAX_DEADLINE_MS] is 0:
+    the header can only shorten a caller's own deadline, so a bad one is ignored, not refused."""
+    if not header:
+        return 0.0
+    try:
+        value = float(header)
+    except ValueError:
+        return 0.0
+    return value if 0 <= value <= MAX_DEADLINE_MS else 0.0

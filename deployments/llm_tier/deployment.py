@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -30,6 +32,9 @@ from clinie.schema import NoteResult
 from deployments.llm_tier.config import LLMTierConfig
 
 log = logging.getLogger(__name__)
+
+ENGINE_DEATH_EXIT_S = 1.0
+"""Seconds between noticing the engine's death and this replica's exit (see `_engine_died`)."""
 
 
 @serve.deployment(name="LLMTier")
@@ -68,7 +73,13 @@ class LLMTierDeployment:
         if self._state == "ready" and self._engine is not None and getattr(self._engine, "dead", False):
             self._state, self._error = "failed", "the LLM engine's process died; the replica is being replaced"
             self._engine_dead = True
-            log.error("LLM engine died; failing the health check so that Serve replaces this replica")
+            log.error("LLM engine died; this replica exits so that Serve replaces it")
+            # Exit rather than wait for Serve to count three failed health checks (about 25 s at
+            # the default 10 s period, measured): the controller replaces a replica whose actor died
+            # at once. The engine is gone, so nothing this replica holds can still be answered; the
+            # second's grace lets the status call that noticed reach the Ingress first. The failing
+            # health check below stays as the fallback.
+            threading.Timer(ENGINE_DEATH_EXIT_S, os._exit, args=(1,)).start()
         return self._engine_dead
 
     def status(self) -> dict[str, Any]:
@@ -99,6 +110,9 @@ class LLMTierDeployment:
             result = await self._tier.extract(note_id, text, timeout_s=timeout_s, reason=reason, ranges=ranges)
             self._latencies.append((time.perf_counter() - t0) * 1000)
             return result
+        except Exception:
+            self._engine_died()  # a request is the first to see a dead engine: act on it now
+            raise
         finally:
             self._in_flight -= 1
 
