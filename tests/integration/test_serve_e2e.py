@@ -557,6 +557,29 @@ def test_deadline_admission_refuses_only_what_cannot_make_it(service: dict[str, 
         assert 'clinie_rejected_total{reason="deadline"}' in r.read().decode()
 
 
+def test_a_request_sent_again_keeps_its_callers_deadline(service: dict[str, Any]):
+    """`x-clinie-spent-ms` (set by the proxy when it sends a request again after losing its Ingress
+    replica, serve_app/proxy_retry.py) counts against the request's deadline: all of it spent is a
+    504 at once, part of it leaves the rest; the header can only shorten a deadline."""
+
+    def post(spent: str) -> tuple[int, dict]:
+        req = urllib.request.Request(
+            URL + "/v1/extract",
+            data=json.dumps({"text": NOTE, "policy": "fast-only", "deadline_ms": 5000}).encode(),
+            headers={"content-type": "application/json", "authorization": f"Bearer {KEY}", "x-clinie-spent-ms": spent},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    status, body = post("5000")
+    assert status == 504 and body["error"]["code"] == "deadline_exceeded", body
+    assert post("100")[0] == 200
+    assert post("-5")[0] == 200 and post("nonsense")[0] == 200  # ignored, not refused
+
+
 def _fast_replicas() -> list[dict[str, Any]]:
     from ray.serve.context import _get_global_client
 
