@@ -1,4 +1,5 @@
-"""Ray Serve's HTTP proxy sends a request again when the Ingress replica it was on is lost.
+"""Ray Serve's proxies when the Ingress replica a request was on is lost: HTTP sends it again,
+gRPC answers UNAVAILABLE instead of INTERNAL.
 
 When an Ingress replica dies with requests on it, Ray's proxy gets the actor's death from the
 handle and answers those requests with its own bare 500 (`http_util.get_http_response_status`
@@ -13,6 +14,11 @@ manifests) and, for a request that got *no response at all* from the Ingress:
   holds the request to the deadline its caller set, not a fresh one (serve_app/ingress.py);
 - if that attempt also gets nothing, or gets nothing before the request's deadline, answers 503
   `unavailable` with `Retry-After` and the contract's error body: a retryable refusal, never a 500.
+
+Ray's gRPC proxy has no such hook and cannot send a call again; the same callback remaps its one
+status for a lost replica, `INTERNAL`, to `UNAVAILABLE` with the contract's error body
+(`lost_replica_is_unavailable`): a retryable answer that `clinie.client` and gRPC clients with a
+retry policy send again.
 
 A response that has started (any status the Ingress chose, 500 included) passes through
 untouched: only a request the service never answered is sent again. The body is held in memory
@@ -70,10 +76,49 @@ def install_env(environ: MutableMapping[str, str] | None = None) -> None:
 
 
 def middlewares() -> list[Any]:
-    """Ray's proxy callback: the middleware list it wraps its ASGI app with."""
+    """Ray's proxy callback (run once in each proxy process as it starts): the middleware list it
+    wraps its HTTP app with; and, for the same process's gRPC proxy, `lost_replica_is_unavailable`."""
     from starlette.middleware import Middleware
 
+    lost_replica_is_unavailable()
     return [Middleware(RetryLostIngress)]
+
+
+LOST_MESSAGE = "the service lost the replica answering this request; retry"
+
+
+def lost_replica_is_unavailable() -> bool:
+    """Ray's gRPC proxy: a call whose Ingress replica died ends in `UNAVAILABLE` (the contract's 503:
+    retryable) with the contract's error body as details, instead of `INTERNAL` (a 500).
+
+    Ray's gRPC proxy has no middleware hook, so this wraps the one function in it that maps the
+    failure to a status (`ray.serve._private.proxy.get_grpc_response_status`; Ray is pinned in the
+    lock, and tests/integration/test_serve_e2e.py kills an Ingress replica under gRPC calls, so an
+    upgrade that moves it fails there). Only a dead or unreachable replica actor is remapped, never
+    an error raised by the service's own code (`RayTaskError`). Returns whether it is installed."""
+    try:
+        import grpc
+        from ray.exceptions import RayActorError, RayTaskError
+        from ray.serve._private import proxy
+        from ray.serve._private.proxy_request_response import ResponseStatus
+    except ImportError:  # not in a Ray Serve proxy's environment
+        return False
+    original = getattr(proxy, "get_grpc_response_status", None)
+    if original is None:
+        log.warning("Ray's gRPC proxy has no get_grpc_response_status: lost replicas stay INTERNAL")
+        return False
+    if getattr(original, "clinie_wrapped", False):
+        return True
+
+    def status(exc: BaseException, request_timeout_s: float | None, request_id: str) -> Any:
+        if isinstance(exc, RayActorError) and not isinstance(exc, RayTaskError):
+            details = json.dumps({"error": {"code": "unavailable", "message": LOST_MESSAGE}})
+            return ResponseStatus(code=grpc.StatusCode.UNAVAILABLE, is_error=True, message=details)
+        return original(exc, request_timeout_s, request_id)
+
+    status.clinie_wrapped = True  # type: ignore[attr-defined]
+    proxy.get_grpc_response_status = status
+    return True
 
 
 def _deadline_ms(body: bytes) -> float:
@@ -212,9 +257,7 @@ def _replay(chunks: list[bytes], receive: Receive, more: bool) -> Receive:
 
 
 async def _unavailable(send: Send) -> None:
-    body = json.dumps(
-        {"error": {"code": "unavailable", "message": "the service lost the replica answering this request; retry"}}
-    ).encode()
+    body = json.dumps({"error": {"code": "unavailable", "message": LOST_MESSAGE}}).encode()
     await send(
         {
             "type": "http.response.start",

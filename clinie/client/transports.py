@@ -127,7 +127,7 @@ def _grpc_failure(exc: Any) -> ClinieError:
     code = exc.code()
     name = code.name if code is not None else "UNKNOWN"
     err = from_grpc(name, exc.details(), exc.trailing_metadata())
-    if name == "UNAVAILABLE" and err.code == "unavailable":
+    if name == "UNAVAILABLE" and not err.from_service:  # gRPC's own: no connection (the service's has its body)
         err = ClinieError(503, "unreachable", err.message, err.retry_after, from_service=False)
     return err
 

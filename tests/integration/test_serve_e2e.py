@@ -660,8 +660,9 @@ def test_fast_tier_replica_killed_under_load(service: dict[str, Any]):
 def test_ingress_replica_killed_under_load_answers_every_request(service: dict[str, Any]):
     """The Ingress replica dies while clients send notes: plain HTTP callers (one attempt each) get a
     result or a retryable 503 with `Retry-After`, never Ray's bare 500 — the proxy sends a request
-    whose replica was lost once more (serve_app/proxy_retry.py) — and callers through clinie.client
-    get a result for every call. The replica is replaced and the app is ready again."""
+    whose replica was lost once more (serve_app/proxy_retry.py) — gRPC callers (one attempt) get a
+    result or UNAVAILABLE, never INTERNAL, and callers through clinie.client get a result for every
+    call. The replica is replaced and the app is ready again."""
     import ray
     from ray import serve
 
@@ -685,8 +686,26 @@ def test_ingress_replica_killed_under_load_answers_every_request(service: dict[s
             while time.time() < stop:
                 results.append(c.extract(NOTE, policy="fast-only"))  # raises (fails the test) if lost
 
+    grpc_codes: list[str] = []
+
+    def grpc_client() -> None:  # one attempt a call, like the plain HTTP callers
+        import grpc
+
+        from clinie.proto import clinie_pb2 as pb
+
+        stub = _grpc_stub()
+        while time.time() < stop:
+            try:
+                stub.Extract(pb.ExtractRequest(text=NOTE, policy="fast-only"), metadata=META, timeout=60)
+                grpc_codes.append("OK")
+            except grpc.RpcError as err:
+                grpc_codes.append(err.code().name)
+                if err.code() == grpc.StatusCode.UNAVAILABLE and err.details():
+                    assert json.loads(err.details())["error"]["code"] in ("unavailable", "overloaded")
+
     with cf.ThreadPoolExecutor(5) as pool:
-        futures = [pool.submit(plain_client) for _ in range(3)] + [pool.submit(retrying_client) for _ in range(2)]
+        futures = [pool.submit(plain_client) for _ in range(2)] + [pool.submit(retrying_client) for _ in range(2)]
+        futures.append(pool.submit(grpc_client))
         time.sleep(3)
         victim = ingress()[0]
         ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=False)
@@ -701,8 +720,14 @@ def test_ingress_replica_killed_under_load_answers_every_request(service: dict[s
     for status, body, headers in plain:
         if status in (429, 503):
             assert headers.get("retry-after") and body["error"]["code"] in ("unavailable", "overloaded"), body
-    # the fault met requests in flight (else this test proves nothing): the proxy sent them again
-    assert retried + codes.count(503) >= 1, "no plain request was in flight on the killed replica"
+    # gRPC: Ray's gRPC proxy cannot send again; a call on the lost replica is UNAVAILABLE (the
+    # contract's retryable 503), never INTERNAL
+    grpc_counts = {c: grpc_codes.count(c) for c in set(grpc_codes)}
+    print(f"ingress kill, gRPC: {grpc_counts}")
+    assert "OK" in grpc_counts and set(grpc_counts) <= {"OK", "UNAVAILABLE", "RESOURCE_EXHAUSTED"}, grpc_counts
+    # the fault met requests in flight (else this test proves nothing): the proxies handled them
+    hit = retried + codes.count(503) + grpc_codes.count("UNAVAILABLE")
+    assert hit >= 1, "no plain request was in flight on the killed replica"
     for _, body, _ in (p for p in plain if p[0] == 200):
         NoteResult.model_validate(body).check_offsets(NOTE)
     assert results and all(r["route"]["reason"] == "policy:fast-only" for r in results)

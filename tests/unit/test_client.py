@@ -197,3 +197,31 @@ def test_async_client_unreachable_without_retries():
 
     err = asyncio.run(go())
     assert err.status == 503 and err.attempts == 1
+
+
+def test_grpc_unavailable_with_the_contract_body_is_the_service_and_without_it_the_connection():
+    """UNAVAILABLE carrying the contract's error body (the service's, or its proxy's for a lost
+    replica) keeps its code; a bare UNAVAILABLE (gRPC's own: no connection) is `unreachable`.
+    Both are retryable."""
+    import grpc
+
+    from clinie.client.transports import _grpc_failure
+
+    class Failure:  # the three methods a grpc.RpcError from a call has
+        def __init__(self, details: str):
+            self._details = details
+
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self) -> str:
+            return self._details
+
+        def trailing_metadata(self) -> tuple:
+            return ()
+
+    body = json.dumps({"error": {"code": "unavailable", "message": "the service lost the replica; retry"}})
+    served = _grpc_failure(Failure(body))
+    assert (served.status, served.code, served.from_service, served.retryable) == (503, "unavailable", True, True)
+    bare = _grpc_failure(Failure("failed to connect to all addresses"))
+    assert (bare.status, bare.code, bare.from_service, bare.retryable) == (503, "unreachable", False, True)

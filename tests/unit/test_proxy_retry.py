@@ -191,3 +191,22 @@ def test_every_proxy_gets_the_hook() -> None:
     assert f"--env {proxy_retry.ENV}={proxy_retry.CALLBACK}" in launcher["docker"]["run_options"]
     (mw,) = proxy_retry.middlewares()
     assert mw.cls is RetryLostIngress
+
+
+def test_grpc_calls_on_a_lost_replica_are_unavailable_not_internal(monkeypatch: Any) -> None:
+    """Ray's gRPC proxy has no middleware hook: the same callback remaps the one failure it owns (a
+    dead or unreachable replica actor) to UNAVAILABLE with the contract's body; everything else
+    keeps Ray's own status."""
+    import grpc
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+    from ray.serve._private import proxy
+
+    monkeypatch.setattr(proxy, "get_grpc_response_status", proxy.get_grpc_response_status)  # restored after
+    assert proxy_retry.lost_replica_is_unavailable() and proxy_retry.lost_replica_is_unavailable()  # idempotent
+    mapped = proxy.get_grpc_response_status
+    for lost in (ActorDiedError(), ActorUnavailableError("unreachable", None)):
+        status = mapped(lost, 30.0, "r1")
+        assert status.code == grpc.StatusCode.UNAVAILABLE and status.is_error
+        assert json.loads(status.message)["error"]["code"] == "unavailable"
+    assert mapped(TimeoutError(), 30.0, "r2").code == grpc.StatusCode.DEADLINE_EXCEEDED  # Ray's own
+    assert mapped(ValueError("a bug"), 30.0, "r3").code == grpc.StatusCode.INTERNAL  # not hidden
