@@ -809,20 +809,41 @@ def test_policy_hot_reload_keeps_serving(service: dict[str, Any], policies_file:
 
 
 def test_llm_tier_removed_mid_run_falls_back_to_the_fast_tier(service: dict[str, Any]):
+    """The LLM tier's replica is killed while clients send `llm-only` notes: every request is
+    answered — by the fast tier, saying why, while the LLM tier is gone — or refused with
+    `Retry-After`; never a 500, never later than its deadline; the service stays ready."""
     import ray
 
     wait_llm_ready()
     replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "LLMTier" in a["name"] and a["namespace"]]
     assert replicas, ray.util.list_named_actors(all_namespaces=True)
-    for a in replicas:
-        ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=False)
-    t0 = time.perf_counter()
-    status, body, _ = call("/v1/extract", {"text": NOTE, "policy": "llm-only"})
-    assert status == 200, body
-    assert time.perf_counter() - t0 < 30
-    assert body["route"]["tier"] == "bert"
-    assert body["route"]["reason"] in ("llm_error", "llm_tier_unavailable", "llm_overloaded")
-    NoteResult.model_validate(body).check_offsets(NOTE)
+    stop = time.time() + 10
+    answers: list[tuple[int, dict, dict, float]] = []
+
+    def client() -> None:
+        while time.time() < stop:
+            t0 = time.perf_counter()
+            status, body, headers = call("/v1/extract", {"text": NOTE, "policy": "llm-only", "deadline_ms": 20_000})
+            answers.append((status, body, headers, time.perf_counter() - t0))
+
+    with cf.ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(client) for _ in range(2)]
+        time.sleep(2)
+        for a in replicas:
+            ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=False)
+        killed_at = time.time()
+        for f in futures:
+            f.result()
+    codes = [a[0] for a in answers]
+    assert set(codes) <= {200, 429, 503}, codes
+    assert all(h.get("retry-after") for s, _, h, _ in answers if s != 200)
+    assert all(seconds < 20 + 2 for *_, seconds in answers)
+    fallbacks = [b for s, b, _, _ in answers if s == 200 and b["route"]["tier"] == "bert"]
+    reasons = {b["route"]["reason"] for b in fallbacks}
+    assert all(r.startswith("llm_") for r in reasons), reasons  # a fast answer to llm-only says why
+    assert reasons & {"llm_error", "llm_tier_unavailable"}, f"the kill at {killed_at:.0f} was not seen: {reasons}"
+    for b in fallbacks:
+        NoteResult.model_validate(b).check_offsets(NOTE)
     _, ready, _ = call("/readyz")
     assert ready["ready"] is True  # the fast tier still answers everything
 
