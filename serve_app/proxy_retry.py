@@ -6,12 +6,12 @@ handle and answers those requests with its own bare 500 (`http_util.get_http_res
 maps `RayActorError` to 500 and sends nothing; uvicorn fills in "Internal Server Error"). The
 service's code is gone with the replica, so only the proxy can do better. This ASGI middleware
 wraps the proxy's app (Ray's hook: `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=
-serve_app.proxy_retry:middlewares`, set by `clinie serve`, `serve_app.cluster` and the KubeRay
-manifests) and, for a request that got *no response at all* from the Ingress:
+serve_app.proxy_retry:middlewares`, set by `clinie serve`, `serve_app.cluster`, ray_cluster.yaml
+and the KubeRay manifest) and, for a request that got *no response at all* from the Ingress:
 
 - sends it once more (extraction is a pure function: a second answer is the same answer), with
   `x-clinie-spent-ms` saying how much of its deadline the first attempt used, so the Ingress
-  holds the request to the deadline its caller set, not a fresh one (serve_app/ingress.py);
+  holds the request to the deadline its caller set, not a fresh one (serve_app/service.py);
 - if that attempt also gets nothing, or gets nothing before the request's deadline, answers 503
   `unavailable` with `Retry-After` and the contract's error body: a retryable refusal, never a 500.
 
