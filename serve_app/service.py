@@ -223,9 +223,12 @@ class NoteService:
                 checked.append(exc)
         valid = [v for v in checked if isinstance(v, str)]
         deadline = self._deadline(req.deadline_ms)
-        # a batch of only bad notes gets its error slots, busy or not
-        left = self._left_ms(deadline, spent_ms)
-        ticket = await self._admit(len(valid), sum(len(v) for v in valid), left) if valid else None
+        # a batch of only bad notes gets its error slots, busy or not (and however late)
+        ticket = (
+            await self._admit(len(valid), sum(len(v) for v in valid), self._left_ms(deadline, spent_ms))
+            if valid
+            else None
+        )
 
         async def slot(n: BatchNote, v: str | ApiError) -> NoteResult | NoteError:
             try:

@@ -562,10 +562,11 @@ def test_a_request_sent_again_keeps_its_callers_deadline(service: dict[str, Any]
     replica, serve_app/proxy_retry.py) counts against the request's deadline: all of it spent is a
     504 at once, part of it leaves the rest; the header can only shorten a deadline."""
 
-    def post(spent: str) -> tuple[int, dict]:
+    def post(spent: str, path: str = "/v1/extract", body: dict | None = None) -> tuple[int, dict]:
+        body = body or {"text": NOTE, "policy": "fast-only", "deadline_ms": 5000}
         req = urllib.request.Request(
-            URL + "/v1/extract",
-            data=json.dumps({"text": NOTE, "policy": "fast-only", "deadline_ms": 5000}).encode(),
+            URL + path,
+            data=json.dumps(body).encode(),
             headers={"content-type": "application/json", "authorization": f"Bearer {KEY}", "x-clinie-spent-ms": spent},
         )
         try:
@@ -578,6 +579,9 @@ def test_a_request_sent_again_keeps_its_callers_deadline(service: dict[str, Any]
     assert status == 504 and body["error"]["code"] == "deadline_exceeded", body
     assert post("100")[0] == 200
     assert post("-5")[0] == 200 and post("nonsense")[0] == 200  # ignored, not refused
+    # a batch of only bad notes gets its error slots however late: no model work is waiting
+    status, body = post("5000", "/v1/extract/batch", {"notes": [{"text": "", "note_id": "e"}], "deadline_ms": 5000})
+    assert status == 200 and body["results"][0]["error"]["code"] == "empty_text", body
 
 
 def _fast_replicas() -> list[dict[str, Any]]:
