@@ -2,9 +2,11 @@
 for one model or two (`--compare`: e.g. the span-pair relation head against the marker path).
 
 Same dev notes (the model card's held-out split), same pre/post-processing: only the backend (and,
-between models, the relation path) differs. Per-note latency is measured one note at a time (the
-serving case); throughput is notes and word-pieces per second over that loop. F1 is scored on the
-dev notes.
+between models, the relation path or the export) differs. Per-note latency is measured one note at a
+time (the serving case); throughput is notes and word-pieces per second over a pass. Passes run in
+rounds, one pass of every variant of every model per round, and each speed is the median round's:
+this machine's speed drifts by 10-20% within minutes, and measuring one variant after another
+turned that drift into differences between variants. F1 is scored on the dev notes.
 
 The floor: one int8 encoder pass over the same word-pieces (the tagger graph alone over each
 note's windows, one note at a time, nothing before or after it). `floor_ratio` is a variant's
@@ -12,7 +14,7 @@ wall time over that: what everything besides one encoder pass costs.
 
 `--profile` adds a cProfile table of the int8 path (cumulative time of the top functions).
 
-    python -m benchmarks.fast_tier [--model DIR] [--compare OLD_DIR] [--repeat 1] [--profile]
+    python -m benchmarks.fast_tier [--model DIR] [--compare OLD_DIR] [--repeat 3] [--profile]
 """
 
 from __future__ import annotations
@@ -48,52 +50,72 @@ def dev_documents(model_dir: Path) -> list[Document]:
     return [d for d in read_corpus(card["data"]["dir"]) if d.name in names]
 
 
-def measure(engine: FastTierEngine, docs: list[Document], repeat: int) -> dict[str, Any]:
-    engine.extract([("warmup", docs[0].text)])
-    latencies, results = [], {}
-    tokens = sum(len(engine.tokenizer.encode(d.text, add_special_tokens=False).ids) for d in docs)
-    start = time.perf_counter()
-    for _ in range(repeat):
-        for d in docs:
+class Meter:
+    """One variant's measurements, one pass over the dev notes at a time (passes of all variants
+    interleave: a machine whose speed drifts during the run slows every variant alike)."""
+
+    def __init__(self, engine: FastTierEngine, docs: list[Document]):
+        self.engine, self.docs = engine, docs
+        engine.extract([("warmup", docs[0].text)])
+        self.tokens = sum(len(engine.tokenizer.encode(d.text, add_special_tokens=False).ids) for d in docs)
+        self.latencies: list[float] = []
+        self.pass_s: list[float] = []
+        self.results: dict[str, NoteResult] = {}
+
+    def one_pass(self) -> None:
+        start = time.perf_counter()
+        for d in self.docs:
             t0 = time.perf_counter()
-            (r,) = engine.extract([(d.name, d.text)])
-            latencies.append((time.perf_counter() - t0) * 1000)
+            (r,) = self.engine.extract([(d.name, d.text)])
+            self.latencies.append((time.perf_counter() - t0) * 1000)
             assert isinstance(r, NoteResult)
-            results[d.name] = r
-    wall = time.perf_counter() - start
-    preds = {d.name: document_from_result(d.name, d.text, results[d.name]) for d in docs}
-    scores = score_documents(docs, preds)
-    return {
-        "wall_s": round(wall, 3),
-        "notes_per_s": round(len(docs) * repeat / wall, 3),
-        "tokens_per_s": round(tokens * repeat / wall, 1),
-        "p50_ms": round(float(np.percentile(latencies, 50)), 1),
-        "p95_ms": round(float(np.percentile(latencies, 95)), 1),
-        "f1": headline_f1(scores),
-    }
+            self.results[d.name] = r
+        self.pass_s.append(time.perf_counter() - start)
+
+    def summary(self) -> dict[str, Any]:
+        """Speed from the median pass (robust to one pass that met a busy machine), F1 from the last."""
+        wall = float(np.median(self.pass_s))
+        docs = self.docs
+        preds = {d.name: document_from_result(d.name, d.text, self.results[d.name]) for d in docs}
+        return {
+            "wall_s": round(wall, 3),
+            "pass_s": [round(x, 3) for x in self.pass_s],
+            "notes_per_s": round(len(docs) / wall, 3),
+            "tokens_per_s": round(self.tokens / wall, 1),
+            "p50_ms": round(float(np.percentile(self.latencies, 50)), 1),
+            "p95_ms": round(float(np.percentile(self.latencies, 95)), 1),
+            "f1": headline_f1(score_documents(docs, preds)),
+        }
 
 
-def encoder_floor(engine: FastTierEngine, docs: list[Document], repeat: int) -> dict[str, Any]:
+class FloorMeter:
     """Seconds of the tagger graph alone over each note's windows (one note at a time, inputs
-    prepared beforehand): one encoder pass over the same word-pieces."""
-    m = engine.manifest
-    batches = []
-    for d in docs:
-        enc = F.encode_note(engine.tokenizer, d.text, m.window_tokens, m.window_stride)
-        seqs = [F.window_inputs(enc, w, engine.special) for w in enc.windows]
-        batches.append(
-            [
-                F.pad_batch(seqs[b : b + engine.cfg.batch_size], engine.special.pad)
-                for b in range(0, len(seqs), engine.cfg.batch_size)
-            ]
-        )
-    engine.run_tagger(*batches[0][0])  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeat):
-        for note in batches:
+    prepared beforehand): one encoder pass over the same word-pieces, a pass at a time like Meter."""
+
+    def __init__(self, engine: FastTierEngine, docs: list[Document]):
+        m = engine.manifest
+        self.engine, self.pass_s = engine, []
+        self.batches = []
+        for d in docs:
+            enc = F.encode_note(engine.tokenizer, d.text, m.window_tokens, m.window_stride)
+            seqs = [F.window_inputs(enc, w, engine.special) for w in enc.windows]
+            self.batches.append(
+                [
+                    F.pad_batch(seqs[b : b + engine.cfg.batch_size], engine.special.pad)
+                    for b in range(0, len(seqs), engine.cfg.batch_size)
+                ]
+            )
+        engine.run_tagger(*self.batches[0][0])  # warm-up
+
+    def one_pass(self) -> None:
+        start = time.perf_counter()
+        for note in self.batches:
             for ids, mask in note:
-                engine.run_tagger(ids, mask)
-    return {"wall_s": round(time.perf_counter() - start, 3)}
+                self.engine.run_tagger(ids, mask)
+        self.pass_s.append(time.perf_counter() - start)
+
+    def summary(self) -> dict[str, Any]:
+        return {"wall_s": round(float(np.median(self.pass_s)), 3), "pass_s": [round(x, 3) for x in self.pass_s]}
 
 
 def profile_table(engine: FastTierEngine, docs: list[Document], top: int = 18) -> str:
@@ -124,29 +146,44 @@ def variants(model_dir: Path, threads: int) -> dict[str, Callable[[], FastTierEn
     }
 
 
-def run_model(model_dir: Path, docs: list[Document], args: argparse.Namespace) -> dict[str, Any]:
-    """Every variant of one model, the int8 encoder floor, and the ratios."""
-    rows: dict[str, Any] = {}
-    engines: dict[str, FastTierEngine] = {}
-    for name, make in variants(model_dir, args.threads).items():
-        print(f"measuring {model_dir.name} {name} on {len(docs)} dev notes ...", flush=True)
-        engines[name] = make()
-        rows[name] = measure(engines[name], docs, args.repeat)
-    floor = encoder_floor(engines["onnx_int8"], docs, args.repeat)
-    base = rows["torch_fp32"]
-    for row in rows.values():
-        row["speedup_vs_torch_fp32"] = round(row["notes_per_s"] / base["notes_per_s"], 2)
-        row["floor_ratio"] = round(row["wall_s"] / max(floor["wall_s"], 1e-9), 2)
-    out = {
-        "model_dir": str(model_dir),
-        "relation_head": engines["onnx_int8"].manifest.relation_head,
-        "variants": rows,
-        "int8_encoder_floor": floor,
-        "int8_f1_change_points": {k: round(100 * (rows["onnx_int8"]["f1"][k] - base["f1"][k]), 2) for k in base["f1"]},
-    }
-    if args.profile:
-        out["int8_profile"] = profile_table(engines["onnx_int8"], docs)
-        print(out["int8_profile"])
+def run_models(dirs: list[Path], docs: list[Document], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every variant of every model and each model's int8 encoder floor, measured in rounds: each
+    round is one pass of each, in turn; speeds are the median round's. Then the ratios."""
+    meters: list[dict[str, Meter]] = []
+    floors: list[FloorMeter] = []
+    for model_dir in dirs:
+        print(f"loading {model_dir.name}: {', '.join(variants(model_dir, args.threads))} ...", flush=True)
+        meters.append({name: Meter(make(), docs) for name, make in variants(model_dir, args.threads).items()})
+        floors.append(FloorMeter(meters[-1]["onnx_int8"].engine, docs))
+    for r in range(args.repeat):
+        print(f"round {r + 1}/{args.repeat}: one pass over {len(docs)} dev notes per variant ...", flush=True)
+        for model_meters, floor in zip(meters, floors, strict=True):
+            for meter in model_meters.values():
+                meter.one_pass()
+            floor.one_pass()
+    out = []
+    for model_dir, model_meters, floor in zip(dirs, meters, floors, strict=True):
+        rows = {name: meter.summary() for name, meter in model_meters.items()}
+        low = floor.summary()
+        base = rows["torch_fp32"]
+        for row in rows.values():
+            row["speedup_vs_torch_fp32"] = round(row["notes_per_s"] / base["notes_per_s"], 2)
+            row["floor_ratio"] = round(row["wall_s"] / max(low["wall_s"], 1e-9), 2)
+        int8 = model_meters["onnx_int8"].engine
+        model: dict[str, Any] = {
+            "model_dir": str(model_dir),
+            "relation_head": int8.manifest.relation_head,
+            "graph_attention": int8.manifest.graph_attention,
+            "variants": rows,
+            "int8_encoder_floor": low,
+            "int8_f1_change_points": {
+                k: round(100 * (rows["onnx_int8"]["f1"][k] - base["f1"][k]), 2) for k in base["f1"]
+            },
+        }
+        if args.profile:
+            model["int8_profile"] = profile_table(int8, docs)
+            print(model["int8_profile"])
+        out.append(model)
     return out
 
 
@@ -156,7 +193,7 @@ def print_table(models: list[dict[str, Any]]) -> None:
     for model in models:
         for name, r in model["variants"].items():
             f = r["f1"]
-            label = f"{model['relation_head']} {name}"
+            label = f"{model['relation_head']}/{model['graph_attention']} {name}"
             print(
                 f"{label:34} {r['notes_per_s']:8.2f} {r['tokens_per_s']:8.0f} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f} "
                 f"{r['speedup_vs_torch_fp32']:7.2f}x {r['floor_ratio']:7.2f}x "
@@ -169,7 +206,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="Model directory (default: $CLINIE_MODEL_DIR or the embedded default).")
     p.add_argument("--compare", help="A second model directory measured the same way (same dev notes).")
-    p.add_argument("--repeat", type=int, default=1, help="Passes over the dev notes per variant.")
+    p.add_argument(
+        "--repeat", type=int, default=3, help="Rounds (one pass over the dev notes per variant each); median kept."
+    )
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="Threads for torch and ORT.")
     p.add_argument("--profile", action="store_true", help="Add a cProfile table of each model's int8 path.")
     p.add_argument("--output", default="benchmarks/results/fast_tier.json", help="JSON report path.")
@@ -183,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dirs = [model_dir] + ([Path(args.compare)] if args.compare else [])
     if args.compare and {d.name for d in dev_documents(dirs[1])} != {d.name for d in docs}:
         raise SystemExit("the two models were held out on different dev notes: their scores would not compare")
-    models = [run_model(d, docs, args) for d in dirs]
+    models = run_models(dirs, docs, args)
     report = {
         "dev_notes": len(docs),
         "repeat": args.repeat,

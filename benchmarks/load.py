@@ -7,6 +7,8 @@ measures the in-process pipeline on the same notes first, as the throughput base
 Scenarios run in order (`--scenario`, repeatable; the default is the README's run):
 - `closed:CLIENTS:SECONDS[:DEADLINE_MS]`  closed-loop clients over HTTP, one note a request;
 - `grpc:CLIENTS:SECONDS[:DEADLINE_MS]`    the same over gRPC;
+- `batch:CLIENTS:SECONDS:NOTES[:DEADLINE_MS]` closed-loop clients over HTTP, NOTES notes a request
+                                          (`/v1/extract/batch`; answered notes count one by one);
 - `open:RATE:SECONDS[:DEADLINE_MS]`       Poisson arrivals at RATE requests/s (bounded count);
 - `step:C1,C2,...:SECONDS`                closed loop, the client count stepping up every SECONDS;
 - `cooldown:SECONDS`                      no load; waits (at most SECONDS) for every deployment to
@@ -72,6 +74,7 @@ class Sample:
     status: int  # HTTP status; gRPC codes mapped to their HTTP twins; -1: transport error / hang
     scenario: str
     retry_after: float | None = None
+    notes: int = 1  # notes answered with a result (a batch request's; 0 when refused)
 
     @property
     def ms(self) -> float:
@@ -101,15 +104,20 @@ class Target:
             url, api_key=os.environ.get("CLINIE_API_KEY"), timeout=330, retries=0, max_connections=connections
         )
 
-    async def send(self, client: AsyncClient, note: dict[str, str], deadline_ms: float | None, scenario: str) -> Sample:
+    async def send(
+        self, client: AsyncClient, notes: list[dict[str, str]], deadline_ms: float | None, scenario: str, batch: bool
+    ) -> Sample:
         sent = self.now()
         try:
-            await client.extract(note["text"], note["note_id"], self.policy, deadline_ms or None)
+            if batch:
+                results = await client.extract_batch(notes, self.policy, deadline_ms or None)
+                return Sample(sent, self.now(), 200, scenario, notes=sum("error" not in r for r in results))
+            await client.extract(notes[0]["text"], notes[0]["note_id"], self.policy, deadline_ms or None)
             return Sample(sent, self.now(), 200, scenario)
         except ClinieError as exc:
             # the client's own failures (no connection, no answer in 330 s) count as transport errors
             status = -1 if exc.code in ("unreachable", "timeout") else exc.status
-            return Sample(sent, self.now(), status, scenario, exc.retry_after)
+            return Sample(sent, self.now(), status, scenario, exc.retry_after, notes=0)
 
 
 async def closed_loop(
@@ -119,11 +127,13 @@ async def closed_loop(
     seconds: float,
     deadline_ms: float | None,
     kind: str,
+    batch: int = 0,
 ) -> list[Sample]:
     """`clients[k]` concurrent clients during the k-th `seconds`-long step; each sends, waits for
-    the answer, sends the next note (the notes cycle)."""
+    the answer, sends the next note (the notes cycle); `batch` > 0: that many notes a request."""
     samples: list[Sample] = []
-    name = f"{kind}:{','.join(map(str, clients))}:{seconds:g}" + (f":{deadline_ms:g}" if deadline_ms else "")
+    size = f":{batch}" if batch else ""
+    name = f"{kind}:{','.join(map(str, clients))}:{seconds:g}{size}" + (f":{deadline_ms:g}" if deadline_ms else "")
     start = target.now()
     end = start + seconds * len(clients)
     counter = iter(range(10**9))
@@ -138,8 +148,8 @@ async def closed_loop(
             if index >= clients[step]:  # not active in this step yet
                 await asyncio.sleep(0.05)
                 continue
-            note = notes[next(counter) % len(notes)]
-            s = await target.send(api, note, deadline_ms, name)
+            chosen = [notes[next(counter) % len(notes)] for _ in range(max(batch, 1))]
+            s = await target.send(api, chosen, deadline_ms, name, batch > 0)
             samples.append(s)
             if target.honour and s.retry_after:
                 await asyncio.sleep(s.retry_after)
@@ -161,7 +171,7 @@ async def open_loop(
     async with target.client("http", cap) as api:
 
         async def one(note: dict[str, str]) -> None:
-            samples.append(await target.send(api, note, deadline_ms, name))
+            samples.append(await target.send(api, [note], deadline_ms, name, False))
 
         pending = []
         start = target.now()
@@ -192,7 +202,7 @@ def summarize(samples: list[Sample], deadline_ms: float | None) -> dict[str, Any
         "transport_errors_or_hung": codes.count(-1),
         "refused_share": round(len(refused) / len(samples), 4) if samples else 0.0,
         "wall_s": round(wall, 2),
-        "answered_notes_per_s": round(len(ok) / wall, 3) if wall else 0.0,
+        "answered_notes_per_s": round(sum(s.notes for s in ok) / wall, 3) if wall else 0.0,
         "ok_p50_ms": pct([s.ms for s in ok], 50),
         "ok_p95_ms": pct([s.ms for s in ok], 95),
         "ok_p99_ms": pct([s.ms for s in ok], 99),
@@ -340,12 +350,18 @@ def run_scenarios(
     for spec in scenarios:
         kind, *rest = spec.split(":")
         started = target.now()
-        deadline = float(rest[2]) if len(rest) > 2 else None
+        # a batch scenario's third field is its notes a request, the deadline comes after it
+        at = 3 if kind == "batch" else 2
+        deadline = float(rest[at]) if len(rest) > at else None
         if kind == "cooldown":
             out: dict[str, Any] = cooldown(poller, float(rest[0]))
         else:
             if kind in ("closed", "grpc"):
                 got = asyncio.run(closed_loop(target, notes, [int(rest[0])], float(rest[1]), deadline, kind))
+            elif kind == "batch":
+                got = asyncio.run(
+                    closed_loop(target, notes, [int(rest[0])], float(rest[1]), deadline, "batch", int(rest[2]))
+                )
             elif kind == "step":
                 steps = [int(c) for c in rest[0].split(",")]
                 got = asyncio.run(closed_loop(target, notes, steps, float(rest[1]), None, "step"))

@@ -11,6 +11,10 @@ MANIFEST_NAME = "fast_tier.json"
 # How the int8 files are made (export.quantize). Part of the default model's cache key, so a new
 # recipe rebuilds cached models instead of serving stale ones.
 QUANT_RECIPE = "dynamic-qint8-per-channel-first-layer-fp32-v2"
+# How attention is written into the exported graphs (export.py says why "eager"). Not part of the
+# default model's cache key: a model exported otherwise is re-exported from its saved weights once
+# (default.upgrade_model), without retraining.
+GRAPH_ATTENTION = "eager"
 CARD_NAME = "model_card.json"
 # the exported ONNX files of a model folder, by precision (written by export.py, read by the engine)
 TAGGER_FILES = {"fp32": "tagger.onnx", "int8": "tagger.int8.onnx"}
@@ -135,6 +139,11 @@ class ModelManifest(BaseModel):
     quantization: str = Field(default="", description="Recipe of the int8 files (export.QUANT_RECIPE).")
     energy_outputs: bool = Field(
         default=False, description="Whether the tagger graph outputs logit log-sum-exp (the router's energy signal)."
+    )
+    graph_attention: str = Field(
+        default="sdpa",
+        description="How the encoder's attention was exported (config.GRAPH_ATTENTION); models from before "
+        "this field were exported from PyTorch's scaled-dot-product attention.",
     )
 
     @property

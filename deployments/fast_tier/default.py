@@ -19,7 +19,14 @@ from clinie.brat import corpus_hash, read_corpus
 from clinie.calibration import CALIBRATION_FILE
 from clinie.ood import OOD_FILE
 from clinie.paths import default_train_data, model_dir_override, models_home
-from deployments.fast_tier.config import CARD_NAME, MANIFEST_NAME, QUANT_RECIPE, ModelManifest, TrainConfig
+from deployments.fast_tier.config import (
+    CARD_NAME,
+    GRAPH_ATTENTION,
+    MANIFEST_NAME,
+    QUANT_RECIPE,
+    ModelManifest,
+    TrainConfig,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,26 @@ def ensure_default_model(data_dir: Path | None = None) -> Path:
     return target
 
 
+def _export_outdated(manifest: ModelManifest) -> bool:
+    """Whether a model's ONNX files predate the current export: no energy outputs, or attention
+    exported another way (re-exporting changes no weight: the model's tag stays)."""
+    return not manifest.energy_outputs or manifest.graph_attention != GRAPH_ATTENTION
+
+
+def _rescore_card(model_dir: Path, dev_names: list[str], dev_dir: Path | None) -> None:
+    """The model card's int8 dev scores again, from the re-exported graph (they describe the files
+    that serve); left as they were when the dev notes are not on this machine."""
+    names = set(dev_names)
+    docs = [d for d in read_corpus(dev_dir) if d.name in names] if dev_dir is not None else []
+    if not docs:
+        return
+    from deployments.fast_tier.training.train import evaluate_dir
+
+    card = json.loads((model_dir / CARD_NAME).read_text())
+    card["dev_scores_int8"] = evaluate_dir(model_dir, docs, "int8")
+    (model_dir / CARD_NAME).write_text(json.dumps(card, indent=2))
+
+
 def _dev_notes_for_calibration(model_dir: Path, data_dir: Path | None) -> tuple[list[str], Path | None]:
     """The model card's dev notes and the folder they are in (None when it is not on this machine)."""
     if not (model_dir / CARD_NAME).exists():
@@ -76,12 +103,12 @@ def _dev_notes_for_calibration(model_dir: Path, data_dir: Path | None) -> tuple[
 
 def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
     """Add what a model built by an earlier version lacks, without retraining: the tagger's
-    energy outputs (re-export from the saved weights), the router's OOD statistics (fitted on
-    the training notes listed in its model card) and the confidence calibration (fitted on its dev
-    notes). A no-op for current models. Without the dev notes on this machine the model runs
-    uncalibrated and the engine says so."""
+    energy outputs and the current graph attention (re-export from the saved weights), the
+    router's OOD statistics (fitted on the training notes listed in its model card) and the
+    confidence calibration (fitted on its dev notes). A no-op for current models. Without the dev
+    notes on this machine the model runs uncalibrated and the engine says so."""
     manifest = ModelManifest.model_validate_json((model_dir / MANIFEST_NAME).read_text())
-    needs_export = not manifest.energy_outputs and (model_dir / "pytorch" / "tagger").is_dir()
+    needs_export = _export_outdated(manifest) and (model_dir / "pytorch" / "tagger").is_dir()
     needs_ood = not (model_dir / OOD_FILE).exists() and (model_dir / CARD_NAME).exists()
     dev_names, dev_dir = _dev_notes_for_calibration(model_dir, data_dir)
     needs_cal = not (model_dir / CALIBRATION_FILE).exists() and bool(dev_names)
@@ -97,11 +124,12 @@ def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
     with open(model_dir.parent / f"{model_dir.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         manifest = ModelManifest.model_validate_json((model_dir / MANIFEST_NAME).read_text())
-        if not manifest.energy_outputs and (model_dir / "pytorch" / "tagger").is_dir():
+        if _export_outdated(manifest) and (model_dir / "pytorch" / "tagger").is_dir():
             from deployments.fast_tier.training.export import reexport
 
-            log.warning("re-exporting %s with the router's energy outputs (once)", model_dir)
+            log.warning("re-exporting %s from its saved weights with the current export recipe (once)", model_dir)
             reexport(model_dir)
+            _rescore_card(model_dir, dev_names, dev_dir)
         if not (model_dir / OOD_FILE).exists() and (model_dir / CARD_NAME).exists():
             from deployments.fast_tier.training.train import fit_ood
 

@@ -200,3 +200,44 @@ def test_the_marker_relation_path_still_trains_exports_and_extracts(train_dir: P
     _check(result, text)
     (a,) = engine.analyze([("n", text)])
     assert all(0.0 <= p <= 1.0 for _, _, p in a.pair_probs)
+
+
+def _ops(path: Path) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_graphs_use_eager_attention_and_older_exports_are_upgraded(
+    model_dir: Path, engine: FastTierEngine, train_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Fresh exports carry the plain masked softmax; a model exported from PyTorch's SDPA (its
+    `Where`/`IsNaN` guard in the graph) is re-exported once by `upgrade_model`, from its saved
+    weights, and extracts the same spans afterwards."""
+    import shutil
+
+    from deployments.fast_tier import default
+    from deployments.fast_tier.config import ModelManifest
+    from deployments.fast_tier.training import export
+
+    def manifest(d: Path) -> ModelManifest:
+        return ModelManifest.model_validate_json((d / "fast_tier.json").read_text())
+
+    assert manifest(model_dir).graph_attention == "eager"
+    assert "IsNaN" not in _ops(model_dir / "tagger.int8.onnx")
+
+    old = tmp_path / "model"
+    shutil.copytree(model_dir, old)
+    monkeypatch.setattr(export, "GRAPH_ATTENTION", "sdpa")  # what an earlier version exported
+    export.reexport(old)
+    assert manifest(old).graph_attention == "sdpa" and "IsNaN" in _ops(old / "tagger.int8.onnx")
+    monkeypatch.undo()
+
+    default.upgrade_model(old, train_dir)
+    assert manifest(old).graph_attention == "eager" and "IsNaN" not in _ops(old / "tagger.int8.onnx")
+    assert manifest(old).tag == manifest(model_dir).tag  # no weight changed
+    text = read_corpus(train_dir)[0].text
+    (before,) = engine.extract([("n", text)])
+    (after,) = FastTierEngine(EngineConfig(model_dir=old)).extract([("n", text)])
+    spans = lambda r: [(e.type, e.start, e.end) for e in [*_check(r, text).entities, *r.modifiers]]  # noqa: E731
+    assert spans(after) == spans(before)

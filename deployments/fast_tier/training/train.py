@@ -30,6 +30,7 @@ from clinie.windows import split_sentences
 from deployments.fast_tier import features as F
 from deployments.fast_tier.config import (
     CARD_NAME,
+    GRAPH_ATTENTION,
     MANIFEST_NAME,
     QUANT_RECIPE,
     ModelManifest,
@@ -458,6 +459,7 @@ def _manifest(cfg: TrainConfig, data_hash: str, hidden: int) -> ModelManifest:
         hidden_size=hidden,
         quantization=QUANT_RECIPE,
         energy_outputs=True,
+        graph_attention=GRAPH_ATTENTION,
     )
 
 
