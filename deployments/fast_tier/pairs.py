@@ -115,9 +115,35 @@ def between(ix: PairIndex) -> tuple[np.ndarray, np.ndarray]:
     return lo, np.maximum(hi, lo)
 
 
+def between_means(states: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Mean state of rows [lo, hi) for each pair (zeros where the range is empty; lo <= hi).
+
+    One `np.add.reduceat` over the interleaved bounds sums only the rows between each pair's
+    spans (a few per pair: pairs lie within a sentence), where a prefix sum over the whole note
+    touched every row of it; on the dev notes that prefix sum was the head's costliest step."""
+    if len(lo) == 0:
+        return np.zeros((0, states.shape[1]), np.float32)
+    # one zero row past the end: every bound (at most len(states)) is a valid index
+    padded = np.concatenate([states, np.zeros((1, states.shape[1]), states.dtype)])
+    bounds = np.empty(2 * len(lo), np.int64)
+    bounds[0::2], bounds[1::2] = lo, hi
+    sums = np.add.reduceat(padded, bounds, axis=0)[0::2]
+    sums[hi <= lo] = 0.0  # reduceat gives row `lo` for an empty range
+    return (sums / np.maximum(hi - lo, 1)[:, None]).astype(np.float32)
+
+
 def gelu(x: np.ndarray) -> np.ndarray:
-    """tanh-approximated GELU, as the torch head uses (nn.GELU(approximate="tanh"))."""
-    return 0.5 * x * (1.0 + np.tanh(0.7978845608028654 * (x + 0.044715 * x**3)))
+    """tanh-approximated GELU, as the torch head uses (nn.GELU(approximate="tanh")); in place on
+    a temporary, `x` itself is left alone."""
+    inner = x * x
+    inner *= 0.044715 * 0.7978845608028654
+    inner += 0.7978845608028654
+    inner *= x
+    np.tanh(inner, out=inner)
+    inner += 1.0
+    inner *= x
+    inner *= 0.5
+    return inner
 
 
 @dataclass
@@ -159,10 +185,7 @@ class PairHead:
             rows, where = np.unique(pos, return_inverse=True)
             pre = pre + (states[rows] @ w[block * hidden : (block + 1) * hidden])[where.reshape(-1)]
         if blocks == 5:
-            cum = np.concatenate([np.zeros((1, hidden), np.float32), np.cumsum(states, axis=0, dtype=np.float32)])
-            lo, hi = between(idx)
-            ctx = (cum[hi] - cum[lo]) / np.maximum(hi - lo, 1)[:, None].astype(np.float32)
-            pre = pre + ctx @ w[4 * hidden : 5 * hidden]
+            pre = pre + between_means(states, *between(idx)) @ w[4 * hidden : 5 * hidden]
         base = blocks * hidden
         for k, (table, ix) in enumerate(
             ((self.entity_type, idx.e_type), (self.modifier_type, idx.m_type), (self.distance, idx.bucket))

@@ -193,3 +193,33 @@ def test_groups_split_when_candidates_do_not_fit(tok):
         tok, special, far, split_sentences(far), [("problem", f_at, f_at + 5)], [("negation", 0, 6)], 10_000, 64
     )
     assert groups == [] and skipped == 1
+
+
+def _plain_viterbi(probs: np.ndarray, tags: list[str]) -> list[int]:
+    """The textbook recursion over the whole sequence, no shortcuts: the reference."""
+    n = len(tags)
+    allowed = np.array([[not c.startswith("I-") or a in (f"B-{c[2:]}", c) for c in tags] for a in tags])
+    trans = np.where(allowed, 0.0, -np.inf)
+    start = np.array([0.0 if not c.startswith("I-") else -np.inf for c in tags])
+    logp = np.log(np.clip(probs, 1e-9, 1.0))
+    score, back = logp[0] + start, np.zeros((len(probs), n), dtype=np.int64)
+    for t in range(1, len(probs)):
+        cand = score[:, None] + trans
+        back[t] = cand.argmax(axis=0)
+        score = cand.max(axis=0) + logp[t]
+    path = [int(score.argmax())]
+    for t in range(len(probs) - 1, 0, -1):
+        path.append(int(back[t, path[-1]]))
+    return path[::-1]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 400), st.sampled_from([0.05, 0.2, 1.0]), st.integers(0, 2**31 - 1))
+def test_viterbi_matches_the_plain_recursion_on_long_sequences(n, peak, seed):
+    # long peaked sequences have many invalid stretches of different lengths, decoded in lockstep
+    rng = np.random.default_rng(seed)
+    tags = list(F.MODIFIER_TAGS)
+    probs = rng.dirichlet(np.full(len(tags), peak), size=n).astype(np.float32)
+    path, ref = F.viterbi(probs, tags), _plain_viterbi(probs, tags)
+    assert _is_valid_bio(path, tags)
+    assert _path_score(probs, path) == pytest.approx(_path_score(probs, ref), rel=1e-6, abs=1e-6)

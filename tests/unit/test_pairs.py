@@ -10,7 +10,14 @@ import torch
 from clinie.schema import is_allowed_pair
 from clinie.windows import split_sentences
 from deployments.fast_tier import features as F
-from deployments.fast_tier.pairs import N_DISTANCE_BUCKETS, PairHead, distance_bucket, pair_index, span_tokens
+from deployments.fast_tier.pairs import (
+    N_DISTANCE_BUCKETS,
+    PairHead,
+    between_means,
+    distance_bucket,
+    pair_index,
+    span_tokens,
+)
 from deployments.fast_tier.training.modeling import SpanPairHead
 
 
@@ -66,3 +73,21 @@ def test_numpy_head_matches_the_torch_head_it_was_exported_from(tmp_path, contex
     assert PairHead.load(tmp_path / "head.npz").probs(states[0].numpy(), pair_index(offsets, ents, mods, [])).shape == (
         0,
     )
+
+
+def test_between_means_are_the_means_of_the_rows_between_and_zero_when_none():
+    rng = np.random.default_rng(3)
+    for rows in (1, 2, 7, 300):
+        states = rng.standard_normal((rows, 16)).astype(np.float32)
+        lo = rng.integers(0, rows + 1, 200)
+        hi = np.maximum(rng.integers(0, rows + 1, 200), lo)
+        # the edges: an empty range at either end, a range ending at the last row, all rows
+        lo = np.append(lo, [0, rows, rows - 1, 0])
+        hi = np.append(hi, [0, rows, rows, rows])
+        got = between_means(states, lo, hi)
+        want = np.stack(
+            [states[a:b].mean(0) if b > a else np.zeros(16, np.float32) for a, b in zip(lo, hi, strict=True)]
+        )
+        assert got.dtype == np.float32 and got.shape == (len(lo), 16)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert between_means(states, np.zeros(0, np.int64), np.zeros(0, np.int64)).shape == (0, 16)
