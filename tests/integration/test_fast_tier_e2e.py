@@ -236,6 +236,11 @@ def test_graphs_use_eager_attention_and_older_exports_are_upgraded(
     default.upgrade_model(old, train_dir)
     assert manifest(old).graph_attention == "eager" and "IsNaN" not in _ops(old / "tagger.int8.onnx")
     assert manifest(old).tag == manifest(model_dir).tag  # no weight changed
+    assert not (old / ".reexport").exists()  # written aside, moved in, cleaned up
+    fp32 = old / "tagger.onnx"
+    fp32.unlink()  # a model built without fp32 graphs is not given one by a re-export
+    export.reexport(old)
+    assert not fp32.exists() and (old / "tagger.int8.onnx").is_file()
     text = read_corpus(train_dir)[0].text
     (before,) = engine.extract([("n", text)])
     (after,) = FastTierEngine(EngineConfig(model_dir=old)).extract([("n", text)])

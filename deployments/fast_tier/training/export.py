@@ -14,6 +14,8 @@ a plain masked softmax. Same outputs on every unpadded token (padded positions a
 
 from __future__ import annotations
 
+import os
+import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -170,17 +172,30 @@ def export_relation(model: RelationClassifier, out_dir: Path, keep_fp32: bool = 
 
 
 def reexport(model_dir: Path) -> None:
-    """Rebuild a model directory's ONNX files from its saved PyTorch weights (`pytorch/`)."""
+    """Rebuild a model directory's ONNX files from its saved PyTorch weights (`pytorch/`).
+
+    The new files are written beside the model first and moved in one by one (`os.replace`, the
+    manifest last): a replica that loads the model meanwhile reads whole files, old or new, never
+    a half-written one. fp32 graphs are rewritten only where the model has them."""
     manifest = ModelManifest.model_validate_json((model_dir / MANIFEST_NAME).read_text())
     weights = model_dir / "pytorch"
     if not (weights / "tagger").is_dir():
         raise FileNotFoundError(f"no PyTorch weights under {weights}: this model cannot be re-exported")
-    tagger = load_tagger(weights / "tagger", len(manifest.entity_tags), len(manifest.modifier_tags))
-    export_tagger(tagger, model_dir)
-    write_pair_head(tagger, model_dir)
-    if manifest.relation_head == "markers":
-        export_relation(load_relation(weights / "relation"), model_dir)
-    manifest.quantization = QUANT_RECIPE
-    manifest.energy_outputs = True
-    manifest.graph_attention = GRAPH_ATTENTION
-    (model_dir / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
+    staging = model_dir / ".reexport"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        tagger = load_tagger(weights / "tagger", len(manifest.entity_tags), len(manifest.modifier_tags))
+        export_tagger(tagger, staging, keep_fp32=(model_dir / TAGGER_FILES["fp32"]).exists())
+        write_pair_head(tagger, staging)
+        if manifest.relation_head == "markers":
+            relation = load_relation(weights / "relation")
+            export_relation(relation, staging, keep_fp32=(model_dir / RELATION_FILES["fp32"]).exists())
+        manifest.quantization = QUANT_RECIPE
+        manifest.energy_outputs = True
+        manifest.graph_attention = GRAPH_ATTENTION
+        (staging / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
+        for path in sorted(staging.iterdir(), key=lambda p: p.name == MANIFEST_NAME):
+            os.replace(path, model_dir / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
