@@ -356,12 +356,9 @@ def run_scenarios(
         if kind == "cooldown":
             out: dict[str, Any] = cooldown(poller, float(rest[0]))
         else:
-            if kind in ("closed", "grpc"):
-                got = asyncio.run(closed_loop(target, notes, [int(rest[0])], float(rest[1]), deadline, kind))
-            elif kind == "batch":
-                got = asyncio.run(
-                    closed_loop(target, notes, [int(rest[0])], float(rest[1]), deadline, "batch", int(rest[2]))
-                )
+            if kind in ("closed", "grpc", "batch"):
+                size = int(rest[2]) if kind == "batch" else 0
+                got = asyncio.run(closed_loop(target, notes, [int(rest[0])], float(rest[1]), deadline, kind, size))
             elif kind == "step":
                 steps = [int(c) for c in rest[0].split(",")]
                 got = asyncio.run(closed_loop(target, notes, steps, float(rest[1]), None, "step"))

@@ -12,10 +12,11 @@ import fcntl
 import hashlib
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import clinie
-from clinie.brat import corpus_hash, read_corpus
+from clinie.brat import Document, corpus_hash, read_corpus
 from clinie.calibration import CALIBRATION_FILE
 from clinie.ood import OOD_FILE
 from clinie.paths import default_train_data, model_dir_override, models_home
@@ -78,17 +79,21 @@ def _export_outdated(manifest: ModelManifest) -> bool:
     return not manifest.energy_outputs or manifest.graph_attention != GRAPH_ATTENTION
 
 
-def _rescore_card(model_dir: Path, dev_names: list[str], dev_dir: Path | None) -> None:
+def _notes(folder: Path | None, names: Iterable[str]) -> list[Document]:
+    """The notes of `folder` named in `names` (none when the folder is not on this machine)."""
+    wanted = set(names)
+    return [d for d in read_corpus(folder) if d.name in wanted] if folder is not None else []
+
+
+def _rescore_card(model_dir: Path, dev_docs: list[Document]) -> None:
     """The model card's int8 dev scores again, from the re-exported graph (they describe the files
     that serve); left as they were when the dev notes are not on this machine."""
-    names = set(dev_names)
-    docs = [d for d in read_corpus(dev_dir) if d.name in names] if dev_dir is not None else []
-    if not docs:
+    if not dev_docs:
         return
     from deployments.fast_tier.training.train import evaluate_dir
 
     card = json.loads((model_dir / CARD_NAME).read_text())
-    card["dev_scores_int8"] = evaluate_dir(model_dir, docs, "int8")
+    card["dev_scores_int8"] = evaluate_dir(model_dir, dev_docs, "int8")
     (model_dir / CARD_NAME).write_text(json.dumps(card, indent=2))
 
 
@@ -124,29 +129,28 @@ def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
     with open(model_dir.parent / f"{model_dir.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         manifest = ModelManifest.model_validate_json((model_dir / MANIFEST_NAME).read_text())
-        if _export_outdated(manifest) and (model_dir / "pytorch" / "tagger").is_dir():
+        export = _export_outdated(manifest) and (model_dir / "pytorch" / "tagger").is_dir()
+        # read once for both steps that score on them: the card's re-scoring and the calibration
+        dev_docs = _notes(dev_dir, dev_names) if export or needs_cal else []
+        if export:
             from deployments.fast_tier.training.export import reexport
 
             log.warning("re-exporting %s from its saved weights with the current export recipe (once)", model_dir)
             reexport(model_dir)
-            _rescore_card(model_dir, dev_names, dev_dir)
+            _rescore_card(model_dir, dev_docs)
         if not (model_dir / OOD_FILE).exists() and (model_dir / CARD_NAME).exists():
             from deployments.fast_tier.training.train import fit_ood
 
             card = json.loads((model_dir / CARD_NAME).read_text())
-            names = set(card["data"]["train_notes"])
-            docs = [d for d in read_corpus(data_dir or Path(card["data"]["dir"])) if d.name in names]
+            docs = _notes(data_dir or Path(card["data"]["dir"]), card["data"]["train_notes"])
             if docs:
                 log.warning("fitting OOD statistics for %s on %d training notes (once)", model_dir, len(docs))
                 fit_ood(model_dir, docs)
-        if needs_cal and dev_dir is not None and not (model_dir / CALIBRATION_FILE).exists():
+        if needs_cal and dev_docs and not (model_dir / CALIBRATION_FILE).exists():
             from deployments.fast_tier.training.calibrate import calibrate_model
 
-            names = set(dev_names)
-            docs = [d for d in read_corpus(dev_dir) if d.name in names]
-            if docs:
-                log.warning("fitting confidence calibration for %s on %d dev notes (once)", model_dir, len(docs))
-                calibrate_model(model_dir, docs, f"dev split of {dev_dir}")
+            log.warning("fitting confidence calibration for %s on %d dev notes (once)", model_dir, len(dev_docs))
+            calibrate_model(model_dir, dev_docs, f"dev split of {dev_dir}")
 
 
 def resolve_model_dir(explicit: str | Path | None = None) -> Path:

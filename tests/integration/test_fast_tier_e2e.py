@@ -233,8 +233,12 @@ def test_graphs_use_eager_attention_and_older_exports_are_upgraded(
     assert manifest(old).graph_attention == "sdpa" and "IsNaN" in _ops(old / "tagger.int8.onnx")
     monkeypatch.undo()
 
+    # also without the OOD statistics and the calibration a still older version did not write
+    for name in ("ood_stats.npz", "confidence_calibration.json"):
+        (old / name).unlink()
     default.upgrade_model(old, train_dir)
     assert manifest(old).graph_attention == "eager" and "IsNaN" not in _ops(old / "tagger.int8.onnx")
+    assert (old / "ood_stats.npz").is_file() and (old / "confidence_calibration.json").is_file()
     assert manifest(old).tag == manifest(model_dir).tag  # no weight changed
     assert not (old / ".reexport").exists()  # written aside, moved in, cleaned up
     fp32 = old / "tagger.onnx"
