@@ -8,7 +8,7 @@ shape inference gives up.
 
 Both encoders are exported with eager attention (`GRAPH_ATTENTION`): PyTorch's
 scaled-dot-product attention, the training default, exports with a `Where`/`IsNaN` guard per
-layer for fully masked rows, about a tenth of the int8 graph's time on this CPU; the eager form is
+layer for fully masked rows, 5-12% of the int8 graph's time here (benchmarks/onnx_graph.py); the eager form is
 a plain masked softmax. Same outputs on every unpadded token (padded positions are never read).
 """
 
