@@ -41,8 +41,8 @@ from typing import Any
 import psutil
 
 from benchmarks.load import UNLABELED, load_notes
+from benchmarks.processes import ray_process_group
 from benchmarks.report import write_report
-from benchmarks.soak import ray_process_group
 from serve_app import local
 
 DEADLINE_MS = 20_000

@@ -6,7 +6,9 @@ ways, in one run:
 - as a separate Ray Serve deployment called through a DeploymentHandle, as the application did
   before (each call ships the note's NoteAnalysis, with its per-token probabilities and pooled
   embedding, to the router's process and the decision back).
-Reports p50/p95 ms per note and the bytes a pickled analysis takes. Loopback only.
+Reports p50/p95 ms per note and the bytes a pickled analysis takes, whole and in the compact form
+the FastTier returns (`NoteAnalysis.compact()`), with how many exceed Ray's inline limit for a
+reply (above it a reply goes through the object store). Loopback only.
 
     python -m benchmarks.router_hop [--notes 40] [--repeat 3]
 """
@@ -31,6 +33,19 @@ def _pct(values: list[float]) -> dict[str, float]:
         "p50_ms": round(float(np.percentile(values, 50)), 3),
         "p95_ms": round(float(np.percentile(values, 95)), 3),
         "mean_ms": round(float(np.mean(values)), 3),
+    }
+
+
+# Ray's max_direct_call_object_size default: a task's or actor call's reply up to this size travels
+# inline with the reply; a larger one goes through the object store.
+INLINE_LIMIT = 100 * 1024
+
+
+def _kb(sizes: list[int]) -> dict[str, float]:
+    return {
+        "mean": round(float(np.mean(sizes)) / 1024, 1),
+        "max": round(max(sizes) / 1024, 1),
+        "over_inline_limit": sum(s > INLINE_LIMIT for s in sizes),
     }
 
 
@@ -91,12 +106,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ray.shutdown()
 
     sizes = [len(pickle.dumps(a)) for a in analyses]
+    compact = [len(pickle.dumps(a.compact())) for a in analyses]
     report = {
         "notes": len(analyses),
         "calls": len(local_ms),
         "in_ingress": _pct(local_ms),
         "router_deployment": _pct(remote_ms),
-        "analysis_pickle_kb": {"mean": round(float(np.mean(sizes)) / 1024, 1), "max": round(max(sizes) / 1024, 1)},
+        "analysis_pickle_kb": _kb(sizes),
+        "compact_analysis_pickle_kb": _kb(compact),
     }
     report["hop_cost_p50_ms"] = round(report["router_deployment"]["p50_ms"] - report["in_ingress"]["p50_ms"], 3)
     print(report)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import threading
 import time
 from pathlib import Path
@@ -31,26 +30,8 @@ import numpy as np
 import psutil
 
 from benchmarks.load import UNLABELED, Sample, Target, closed_loop, load_notes, open_loop, pct
+from benchmarks.processes import ray_process_group
 from benchmarks.report import write_report
-
-_RAY_WORKER = re.compile(r"^ray::(\w+)")
-
-
-def ray_process_group(proc: psutil.Process) -> str | None:
-    """What a Ray process is (None: not Ray's)."""
-    try:
-        name, cmd = proc.name(), " ".join(proc.cmdline()[:3])
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-    title = cmd if cmd.startswith("ray::") else name
-    m = _RAY_WORKER.match(title)
-    if m:
-        rest = title.split("ray::", 1)[1]
-        return rest.split(".")[0].split(" ")[0] if m.group(1) == "ServeReplica" else m.group(1)
-    for daemon in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor"):
-        if daemon in name or f"/{daemon}" in cmd:
-            return daemon
-    return None
 
 
 class MemorySampler:

@@ -2,12 +2,13 @@
 
 Plain dataclasses over numpy arrays (no model library): the fast tier fills a `NoteAnalysis`, the
 router computes its signals from it, and the application turns it into a result. It is pickled
-between Ray Serve deployments, so it holds no handles and no sessions.
+between Ray Serve deployments, so it holds no handles and no sessions; `compact()` is the form that
+travels (the router reads per-token evidence, not the [tokens, tags] probability matrices).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -34,6 +35,43 @@ class DecodedSpan:
 
 
 @dataclass
+class TokenEvidence:
+    """Per word-piece, the less certain of the two tagging heads: what the router's token signals
+    reduce to sentences (router/signals.py)."""
+
+    prob: np.ndarray  # [tokens] probability of the best tag
+    entropy: np.ndarray  # [tokens] entropy of the tag distribution
+    margin: np.ndarray  # [tokens] best minus second-best probability
+    energy: np.ndarray | None = None  # [tokens] -logsumexp of the tag logits; None without it
+
+
+def _head_stats(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per token: probability of the best tag, entropy, best-minus-second margin."""
+    if probs.shape[1] < 2:
+        ones = np.ones(len(probs), np.float32)
+        return ones, np.zeros(len(probs), np.float32), ones
+    top2 = np.partition(probs, -2, axis=1)[:, -2:]
+    ent = -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(1)
+    return top2[:, 1], ent, top2[:, 1] - top2[:, 0]
+
+
+def token_evidence(
+    entity_probs: np.ndarray,
+    modifier_probs: np.ndarray,
+    entity_lse: np.ndarray | None = None,
+    modifier_lse: np.ndarray | None = None,
+) -> TokenEvidence:
+    """The worse of the two heads per token: lowest top probability, highest entropy, lowest
+    margin, highest energy."""
+    pe, he, me = _head_stats(entity_probs)
+    pm, hm, mm = _head_stats(modifier_probs)
+    energy = None
+    if entity_lse is not None and modifier_lse is not None:
+        energy = np.maximum(-entity_lse, -modifier_lse)
+    return TokenEvidence(np.minimum(pe, pm), np.maximum(he, hm), np.minimum(me, mm), energy)
+
+
+@dataclass
 class NoteAnalysis:
     """One fast-tier pass over one note: decoded spans plus the raw per-token evidence."""
 
@@ -46,8 +84,9 @@ class NoteAnalysis:
     # decided the pair is the one in pair_probs
     relations: list[tuple[int, int, float]]
     token_offsets: list[tuple[int, int]]
-    entity_probs: np.ndarray  # [tokens, entity tags]
-    modifier_probs: np.ndarray  # [tokens, modifier tags]
+    # [tokens, tags]; None in a compact() analysis, which carries `evidence` instead
+    entity_probs: np.ndarray | None
+    modifier_probs: np.ndarray | None
     embedding: np.ndarray  # [hidden] mean of window embeddings, weighted by window length
     # every candidate pair with its raw relation probability (the decision is raw p >= threshold, so
     # the router's relation margin stays measured against the threshold that decides)
@@ -58,6 +97,30 @@ class NoteAnalysis:
     modifier_lse: np.ndarray | None = None  # [tokens]
     model_tag: str = ""
     elapsed_ms: float = 0.0
+    evidence: TokenEvidence | None = None  # from the probabilities on first use (token_evidence())
+
+    def token_evidence(self) -> TokenEvidence:
+        """Per-token evidence for the router: kept from compact(), or computed (once) from the
+        probabilities."""
+        if self.evidence is None:
+            if self.entity_probs is None or self.modifier_probs is None:
+                raise ValueError("an analysis without tag probabilities must carry its evidence")
+            self.evidence = token_evidence(self.entity_probs, self.modifier_probs, self.entity_lse, self.modifier_lse)
+        return self.evidence
+
+    def compact(self) -> NoteAnalysis:
+        """The same analysis for another process: the per-token evidence instead of the [tokens,
+        tags] probability matrices and logits, which the router reduces to it anyway (same signals,
+        same routing). About a fifth of the pickled size: a typical analysis travels inside Ray's
+        reply (under its 100 KB inline limit) instead of through the object store."""
+        return replace(
+            self,
+            evidence=self.token_evidence(),
+            entity_probs=None,
+            modifier_probs=None,
+            entity_lse=None,
+            modifier_lse=None,
+        )
 
 
 def analysis_to_result(a: NoteAnalysis, route: Route) -> NoteResult:

@@ -95,16 +95,6 @@ class NoteSignals:
         return values if SIGNALS[name].riskier == "higher" else -values
 
 
-def _head_stats(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per token: probability of the best tag, entropy, best-minus-second margin."""
-    if probs.shape[1] < 2:
-        ones = np.ones(len(probs), np.float32)
-        return ones, np.zeros(len(probs), np.float32), ones
-    top2 = np.partition(probs, -2, axis=1)[:, -2:]
-    ent = -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(1)
-    return top2[:, 1], ent, top2[:, 1] - top2[:, 0]
-
-
 def _token_signals(a: NoteAnalysis, sents: list[tuple[int, int]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Each word-piece's sentence and its per-token evidence (the worse of the two heads)."""
     if not len(a.token_offsets):
@@ -112,11 +102,10 @@ def _token_signals(a: NoteAnalysis, sents: list[tuple[int, int]]) -> tuple[np.nd
     starts = np.fromiter((s for s, _ in a.token_offsets), np.int64, len(a.token_offsets))
     sent_starts = np.array([s for s, _ in sents], np.int64)
     tok_sent = np.clip(np.searchsorted(sent_starts, starts, side="right") - 1, 0, len(sents) - 1)
-    pe, he, me = _head_stats(a.entity_probs)
-    pm, hm, mm = _head_stats(a.modifier_probs)
-    tok = {"prob": np.minimum(pe, pm), "entropy": np.maximum(he, hm), "margin": np.minimum(me, mm)}
-    if a.entity_lse is not None and a.modifier_lse is not None:
-        tok["energy"] = np.maximum(-a.entity_lse, -a.modifier_lse)
+    ev = a.token_evidence()
+    tok = {"prob": ev.prob, "entropy": ev.entropy, "margin": ev.margin}
+    if ev.energy is not None:
+        tok["energy"] = ev.energy
     return tok_sent, tok
 
 

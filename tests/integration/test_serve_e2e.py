@@ -861,7 +861,7 @@ def test_llm_engine_killed_under_load_is_replaced(service: dict[str, Any]):
 
     import psutil
 
-    from benchmarks.soak import ray_process_group
+    from benchmarks.processes import ray_process_group
 
     wait_llm_ready()
     (replica,) = [p for p in psutil.process_iter() if ray_process_group(p) == "ServeReplica:clinie:LLMTier"]

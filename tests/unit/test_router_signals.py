@@ -228,3 +228,23 @@ def test_save_load_round_trip(tmp_path, gaussian):
 def test_fit_needs_two_rows(bad):
     with pytest.raises(ValueError, match="at least two"):
         OODStats.fit(bad)
+
+
+def test_compact_analysis_gives_the_same_signals_and_is_smaller():
+    import pickle
+
+    stats = OODStats.fit(np.random.default_rng(1).normal(size=(50, 4)))
+    full = analysis(with_lse=True, embedding=np.full(4, 0.5, np.float32))
+    small = full.compact()
+    assert small.entity_probs is None and small.modifier_lse is None and small.evidence is not None
+    a, b = compute_signals(full, stats), compute_signals(small, stats)
+    assert a.note == b.note and a.sentences == b.sentences
+    for name, values in a.per_sentence.items():
+        assert np.array_equal(values, b.per_sentence[name]), name
+    # what travels between deployments loses the [tokens, tags] matrices (3 tags here, 9 and 33 in
+    # the shipped model): smaller even at this size
+    assert len(pickle.dumps(small)) < len(pickle.dumps(full))
+    bare = analysis()
+    bare.entity_probs = None
+    with pytest.raises(ValueError, match="evidence"):
+        bare.token_evidence()

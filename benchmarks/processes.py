@@ -1,0 +1,67 @@
+"""Which process on this machine is what (Ray's workers and daemons, this benchmark), and how much
+CPU each role used over a stretch of time: where the cores go under load."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Any
+
+import psutil
+
+_RAY_WORKER = re.compile(r"^ray::(\w+)")
+CLIENT = "load_client"  # this process: the benchmark's clients and its replica poller
+
+
+def ray_process_group(proc: psutil.Process) -> str | None:
+    """What a Ray process is (None: not Ray's): `ServeReplica:APP:DEPLOYMENT`, `ProxyActor`,
+    `ServeController`, a daemon's name (`raylet`, `gcs_server`, ...)."""
+    try:
+        name, cmd = proc.name(), " ".join(proc.cmdline()[:3])
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    title = cmd if cmd.startswith("ray::") else name
+    m = _RAY_WORKER.match(title)
+    if m:
+        rest = title.split("ray::", 1)[1]
+        return rest.split(".")[0].split(" ")[0] if m.group(1) == "ServeReplica" else m.group(1)
+    for daemon in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor"):
+        if daemon in name or f"/{daemon}" in cmd:
+            return daemon
+    return None
+
+
+class CpuMeter:
+    """CPU seconds per role, cumulative, from snapshots: `cores(a, b)` is each role's average
+    number of busy cores between two snapshots. Roles: Ray's groups (a replica's group names its
+    deployment), this benchmark (`load_client`), and `machine` (every core busy, whoever it was).
+
+    A process that exits between two snapshots takes its CPU time with it (a replica stopped by a
+    downscale); one that starts counts from zero. Only this machine's processes are seen."""
+
+    def __init__(self) -> None:
+        self._me = os.getpid()
+
+    def snapshot(self) -> dict[str, Any]:
+        roles: dict[str, float] = {}
+        for proc in psutil.process_iter():
+            role = CLIENT if proc.pid == self._me else ray_process_group(proc)
+            if role is None:
+                continue
+            try:
+                t = proc.cpu_times()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            roles[role] = roles.get(role, 0.0) + t.user + t.system
+        total = psutil.cpu_times()
+        roles["machine"] = sum(total) - total.idle - getattr(total, "iowait", 0.0)
+        return {"t": time.monotonic(), "cpu_s": roles}
+
+    @staticmethod
+    def cores(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+        """Average busy cores per role between two snapshots, largest first (roles under 0.005
+        cores left out)."""
+        wall = max(after["t"] - before["t"], 1e-9)
+        out = {role: round((cpu - before["cpu_s"].get(role, 0.0)) / wall, 3) for role, cpu in after["cpu_s"].items()}
+        return dict(sorted(((r, c) for r, c in out.items() if c >= 0.005), key=lambda rc: -rc[1]))

@@ -1,0 +1,47 @@
+"""The load benchmark's saturation figure: answered notes/s while FastTier ran at its maximum."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.load import Sample, at_full_capacity
+
+
+def _poll(t: float, running: int) -> dict:
+    return {"t": t, "FastTier": {"running": running, "starting": 0, "max_replicas": 2, "min_replicas": 1}}
+
+
+def _samples(rate_before: int, rate_after: int, switch: float, seconds: int) -> list[Sample]:
+    """`rate_before` answers a second until `switch`, `rate_after` from then on, plus refusals."""
+    out = []
+    for sec in range(seconds):
+        rate = rate_before if sec < switch else rate_after
+        out += [Sample(sent=sec + i / rate - 0.05, done=sec + i / rate, status=200, scenario="s") for i in range(rate)]
+        out.append(Sample(sent=sec + 0.5, done=sec + 0.6, status=429, scenario="s", notes=0))
+    return out
+
+
+def test_only_buckets_at_max_replicas_count_and_refusals_do_not():
+    samples = _samples(10, 20, switch=20, seconds=60)  # one replica for 20 s, then two
+    polls = [_poll(t, 1 if t < 20 else 2) for t in range(0, 60, 2)]
+    got = at_full_capacity(samples, polls)
+    assert got is not None
+    # the one-replica stretch (10/s) left out (bucket edges fall 50 ms off the second marks)
+    assert got["notes_per_s"] == pytest.approx(20.0, abs=0.1)
+    # buckets 20-25 ... 50-55 (the first and last bucket of the scenario never count)
+    assert got["seconds"] == 35.0
+
+
+def test_none_without_a_bucket_at_max_or_without_polls():
+    samples = _samples(10, 10, switch=0, seconds=30)
+    assert at_full_capacity(samples, [_poll(t, 1) for t in range(0, 30, 2)]) is None
+    assert at_full_capacity(samples, []) is None
+    assert at_full_capacity([], [_poll(0, 2)]) is None
+
+
+def test_a_bucket_with_one_poll_below_max_is_left_out():
+    samples = _samples(20, 20, switch=0, seconds=30)
+    polls = [_poll(t, 2) for t in range(0, 30, 2)]
+    polls[6] = _poll(12, 1)  # a replica lost for a moment in bucket 10-15
+    got = at_full_capacity(samples, polls)
+    assert got is not None and got["seconds"] == 15.0  # 5-10, 15-20, 20-25 (0-5 and 25-30 are edges)

@@ -1,0 +1,49 @@
+"""The load benchmark's CPU accounting: cores per role between two snapshots of this machine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import psutil
+
+from benchmarks.processes import CLIENT, CpuMeter, ray_process_group
+
+
+def _burn(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_this_process_counts_as_the_client_and_the_machine_includes_it():
+    meter = CpuMeter()
+    before = meter.snapshot()
+    t0 = time.monotonic()
+    _burn(0.4)
+    after = meter.snapshot()
+    wall = time.monotonic() - t0
+    cores = meter.cores(before, after)
+    # 0.4 s of CPU in at most `wall` seconds: at least 0.4 / wall cores, give or take the sampling
+    assert cores[CLIENT] >= 0.9 * 0.4 / wall
+    assert cores["machine"] >= 0.9 * cores[CLIENT]
+    assert list(cores.values()) == sorted(cores.values(), reverse=True)  # largest first
+
+
+def test_cores_from_given_snapshots_leave_out_idle_roles_and_count_new_ones_from_zero():
+    before = {"t": 10.0, "cpu_s": {"ServeReplica:clinie:FastTier": 5.0, "raylet": 1.0, "machine": 8.0}}
+    after = {
+        "t": 12.0,
+        "cpu_s": {"ServeReplica:clinie:FastTier": 7.0, "raylet": 1.001, "ProxyActor": 0.5, "machine": 12.0},
+    }
+    assert CpuMeter.cores(before, after) == {"machine": 2.0, "ServeReplica:clinie:FastTier": 1.0, "ProxyActor": 0.25}
+
+
+def test_a_process_that_is_not_rays_has_no_group():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert ray_process_group(psutil.Process(child.pid)) is None
+    finally:
+        child.kill()
+        child.wait()
