@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.report import headline_f1, write_report
+from benchmarks.report import cpu_info, headline_f1, write_report
 from clinie.brat import Document, document_from_result, read_corpus
 from clinie.schema import NoteResult
 from clinie.scoring import score_documents
@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "repeat": args.repeat,
         "threads": args.threads,
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_info(),
         "models": models,
     }
     print_table(models)

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.processes import CpuMeter
-from benchmarks.report import write_report
+from benchmarks.report import cpu_info, write_report
 from clinie.client import AsyncClient, ClinieError
 from clinie.inputs import NoteInput
 
@@ -432,7 +432,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
 
     notes = load_notes(UNLABELED, args.notes)
-    report: dict[str, Any] = {"notes": len(notes), "chars": sum(len(n["text"]) for n in notes), "policy": args.policy}
+    report: dict[str, Any] = {
+        "notes": len(notes),
+        "chars": sum(len(n["text"]) for n in notes),
+        "policy": args.policy,
+        "cpu": cpu_info(),
+    }
     scenarios = args.scenario or DEFAULT_SCENARIOS
     local_app = args.url is None
     if local_app:

@@ -47,3 +47,18 @@ def test_a_process_that_is_not_rays_has_no_group():
     finally:
         child.kill()
         child.wait()
+
+
+def test_cpu_info_names_the_model_and_only_known_vector_flags():
+    from pathlib import Path
+
+    from benchmarks.report import _VECTOR_FLAGS, cpu_info
+
+    info = cpu_info()
+    if not Path("/proc/cpuinfo").exists():
+        assert info == {}
+        return
+    flags = Path("/proc/cpuinfo").read_text().split()
+    assert set(info["vector_flags"]) <= set(_VECTOR_FLAGS)
+    assert all(f in flags for f in info["vector_flags"])
+    assert ("avx2" in flags) == ("avx2" in info["vector_flags"])
