@@ -27,8 +27,9 @@ def cpu_info() -> dict[str, Any]:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return {}
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
-    flags_line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    lines = text.splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    flags_line = next((line for line in lines if line.startswith("flags")), "")
     flags = set(flags_line.split(":", 1)[1].split()) if ":" in flags_line else set()
     return {"model": model, "vector_flags": [f for f in _VECTOR_FLAGS if f in flags]}
 

@@ -97,16 +97,16 @@ class NoteAnalysis:
     modifier_lse: np.ndarray | None = None  # [tokens]
     model_tag: str = ""
     elapsed_ms: float = 0.0
-    evidence: TokenEvidence | None = None  # from the probabilities on first use (token_evidence())
+    evidence: TokenEvidence | None = None  # set by compact(); otherwise derived (token_evidence())
 
     def token_evidence(self) -> TokenEvidence:
-        """Per-token evidence for the router: kept from compact(), or computed (once) from the
-        probabilities."""
-        if self.evidence is None:
-            if self.entity_probs is None or self.modifier_probs is None:
-                raise ValueError("an analysis without tag probabilities must carry its evidence")
-            self.evidence = token_evidence(self.entity_probs, self.modifier_probs, self.entity_lse, self.modifier_lse)
-        return self.evidence
+        """Per-token evidence for the router: carried by a compact() analysis, otherwise computed
+        from the probabilities (not stored: they stay the one source of truth)."""
+        if self.evidence is not None:
+            return self.evidence
+        if self.entity_probs is None or self.modifier_probs is None:
+            raise ValueError("an analysis without tag probabilities must carry its evidence")
+        return token_evidence(self.entity_probs, self.modifier_probs, self.entity_lse, self.modifier_lse)
 
     def compact(self) -> NoteAnalysis:
         """The same analysis for another process: the per-token evidence instead of the [tokens,
