@@ -23,7 +23,9 @@ controller, and each scenario reports where this machine's cores went (`cpu_core
 cores per role, e.g. each deployment's replicas, the proxy, Ray's daemons, this benchmark's own
 clients, and `machine` for all of them) and its answered notes/s at full capacity (the stretch in
 which FastTier ran at its max_replicas: the served throughput at saturation, set against the
-in-process baseline in `served_over_in_process_at_saturation`). Writes `load.json` (summaries,
+in-process baseline in `served_over_in_process_at_saturation`, and against one single-threaded
+pipeline per core in separate processes, what the replicas could do with the machine to
+themselves, in `served_over_one_engine_per_core_at_saturation`). Writes `load.json` (summaries,
 per-5-s timeline) and `load.png` (requests/s, p50/p95/p99, refusals and replicas over time) under
 `--output-dir`.
 
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing as mp
 import os
 import random
 import threading
@@ -376,6 +379,39 @@ def in_process_baseline(notes: list[dict[str, str]], model_dir: Path) -> dict[st
     return {"wall_s": round(wall, 2), "notes_per_s": round(len(notes) / wall, 3)}
 
 
+def _per_core_worker(model_dir: str, notes: list[dict[str, str]], barrier: Any, out: Any) -> None:
+    from serve_app.pipeline import Pipeline
+
+    pipe = Pipeline(model_dir=model_dir, threads=1)
+    inputs = [NoteInput(note_id=n["note_id"], text=n["text"]) for n in notes]
+    pipe.run(inputs[:3], policy="fast-only")  # warm-up
+    barrier.wait(timeout=300)  # every process warm before any starts the clock
+    t0 = time.perf_counter()
+    pipe.run(inputs, policy="fast-only")
+    out.put(time.perf_counter() - t0)
+
+
+def one_engine_per_core(notes: list[dict[str, str]], model_dir: Path, processes: int | None = None) -> dict[str, Any]:
+    """One single-threaded pipeline per core, each in its own process over all the notes, started
+    together: how a replica per core would answer with nothing else on the machine (no proxy, no
+    Ingress, no Ray), the ceiling the served throughput is set against beside `in_process`."""
+    n = processes or len(os.sched_getaffinity(0))
+    ctx = mp.get_context("spawn")  # no inherited ONNX Runtime or thread state
+    barrier, out = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_per_core_worker, args=(str(model_dir), notes, barrier, out)) for _ in range(n)]
+    for proc in procs:
+        proc.start()
+    try:
+        walls = [out.get(timeout=600) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    wall = max(walls)
+    return {"processes": n, "threads_each": 1, "wall_s": round(wall, 3), "notes_per_s": round(n * len(notes) / wall, 3)}
+
+
 def run_scenarios(
     target: Target, notes: list[dict[str, str]], scenarios: list[str], poller: ReplicaPoller | None
 ) -> tuple[list[dict[str, Any]], list[Sample]]:
@@ -447,6 +483,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model_dir = resolve_model_dir(args.model)
         report["in_process"] = in_process_baseline(notes, model_dir)
         print(f"in process: {report['in_process']['notes_per_s']:.2f} notes/s", flush=True)
+        report["one_engine_per_core"] = one_engine_per_core(notes, model_dir)
+        per_core = report["one_engine_per_core"]
+        print(f"one engine per core ({per_core['processes']}): {per_core['notes_per_s']:.2f} notes/s", flush=True)
         cfg, raw = local.local_app_config(fast_tier_model=str(model_dir), llm_enabled=args.llm)
         svc = local.start(cfg, raw, port=args.port, grpc_port=args.grpc_port)
         report["start_to_ready_s"] = round(svc.started_s + local.wait_ready(svc.http_url), 2)
@@ -473,6 +512,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # per scenario, at the FastTier's maximum replicas (at_full_capacity): the saturation figure
         report["served_over_in_process_at_saturation"] = {
             s["name"]: round(s["at_full_capacity"]["notes_per_s"] / base, 3)
+            for s in report["scenarios"]
+            if s.get("at_full_capacity")
+        }
+    if "one_engine_per_core" in report:
+        ceiling = report["one_engine_per_core"]["notes_per_s"]
+        report["served_over_one_engine_per_core_at_saturation"] = {
+            s["name"]: round(s["at_full_capacity"]["notes_per_s"] / ceiling, 3)
             for s in report["scenarios"]
             if s.get("at_full_capacity")
         }

@@ -33,18 +33,20 @@ def ray_process_group(proc: psutil.Process) -> str | None:
 
 
 class CpuMeter:
-    """CPU seconds per role, cumulative, from snapshots: `cores(a, b)` is each role's average
-    number of busy cores between two snapshots. Roles: Ray's groups (a replica's group names its
-    deployment), this benchmark (`load_client`), and `machine` (every core busy, whoever it was).
+    """CPU seconds per process, from snapshots: `cores(a, b)` is each role's average number of busy
+    cores between two snapshots. Roles: Ray's groups (a replica's group names its deployment), this
+    benchmark (`load_client`), and `machine` (every core busy, whoever it was).
 
-    A process that exits between two snapshots takes its CPU time with it (a replica stopped by a
-    downscale); one that starts counts from zero. Only this machine's processes are seen."""
+    Counted process by process: one that starts between two snapshots counts from zero, one that
+    exits takes the CPU it used since the first snapshot with it (a replica stopped by a downscale;
+    its role then reads low, never negative, and the others are unaffected). Only this machine's
+    processes are seen."""
 
     def __init__(self) -> None:
         self._me = os.getpid()
 
     def snapshot(self) -> dict[str, Any]:
-        roles: dict[str, float] = {}
+        procs: dict[int, tuple[str, float]] = {}
         for proc in psutil.process_iter():
             role = CLIENT if proc.pid == self._me else ray_process_group(proc)
             if role is None:
@@ -53,15 +55,21 @@ class CpuMeter:
                 t = proc.cpu_times()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-            roles[role] = roles.get(role, 0.0) + t.user + t.system
+            procs[proc.pid] = (role, t.user + t.system)
         total = psutil.cpu_times()
-        roles["machine"] = sum(total) - total.idle - getattr(total, "iowait", 0.0)
-        return {"t": time.monotonic(), "cpu_s": roles}
+        machine = sum(total) - total.idle - getattr(total, "iowait", 0.0)
+        return {"t": time.monotonic(), "machine": machine, "procs": procs}
 
     @staticmethod
     def cores(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
         """Average busy cores per role between two snapshots, largest first (roles under 0.005
         cores left out)."""
         wall = max(after["t"] - before["t"], 1e-9)
-        out = {role: round((cpu - before["cpu_s"].get(role, 0.0)) / wall, 3) for role, cpu in after["cpu_s"].items()}
+        used: dict[str, float] = {"machine": after["machine"] - before["machine"]}
+        for pid, (role, cpu) in after["procs"].items():
+            prev = before["procs"].get(pid)
+            # a pid reused by another role is a new process
+            since = cpu - prev[1] if prev is not None and prev[0] == role else cpu
+            used[role] = used.get(role, 0.0) + max(since, 0.0)
+        out = {role: round(cpu / wall, 3) for role, cpu in used.items()}
         return dict(sorted(((r, c) for r, c in out.items() if c >= 0.005), key=lambda rc: -rc[1]))

@@ -58,8 +58,9 @@ class Pipeline:
         batch_size: int = 16,
         llm: LLMTierConfig | None = None,
         router: Router | RouterConfig | None = None,
+        threads: int = 0,
     ):
-        self._fast_args = (model_dir, precision, batch_size)
+        self._fast_args = (model_dir, precision, batch_size, threads)
         self.max_note_chars: int = EngineConfig.model_fields["max_note_chars"].default
         self._fast: FastTierEngine | None = None
         self.llm_cfg = llm or LLMTierConfig()
@@ -70,8 +71,13 @@ class Pipeline:
     @property
     def fast(self) -> FastTierEngine:
         if self._fast is None:  # resolved on first use: llm-only runs need no fast-tier model
-            model_dir, precision, batch_size = self._fast_args
-            cfg = EngineConfig(model_dir=resolve_model_dir(model_dir), precision=precision, batch_size=batch_size)  # type: ignore[arg-type]
+            model_dir, precision, batch_size, threads = self._fast_args
+            cfg = EngineConfig(
+                model_dir=resolve_model_dir(model_dir),
+                precision=precision,  # type: ignore[arg-type]
+                batch_size=batch_size,
+                intra_op_threads=threads,
+            )
             self._fast = FastTierEngine(cfg)
         return self._fast
 

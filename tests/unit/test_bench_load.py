@@ -45,3 +45,19 @@ def test_a_bucket_with_one_poll_below_max_is_left_out():
     polls[6] = _poll(12, 1)  # a replica lost for a moment in bucket 10-15
     got = at_full_capacity(samples, polls)
     assert got is not None and got["seconds"] == 15.0  # 5-10, 15-20, 20-25 (0-5 and 25-30 are edges)
+
+
+@pytest.mark.slow
+def test_one_engine_per_core_runs_single_threaded_pipelines_side_by_side(tiny_model, train_dir):
+    from benchmarks.load import one_engine_per_core
+    from serve_app.pipeline import Pipeline
+
+    # the pipeline a worker builds: one ONNX Runtime thread
+    assert Pipeline(model_dir=tiny_model, threads=1).fast.cfg.intra_op_threads == 1
+
+    notes = [{"note_id": p.stem, "text": p.read_text()} for p in sorted(train_dir.glob("*.txt"))[:4]]
+    got = one_engine_per_core(notes, tiny_model, processes=2)
+    assert got["processes"] == 2 and got["threads_each"] == 1
+    # both processes answered every note; the rate is the notes of both over the slower one's wall
+    assert got["wall_s"] > 0
+    assert got["notes_per_s"] == pytest.approx(2 * len(notes) / got["wall_s"], rel=0.05)

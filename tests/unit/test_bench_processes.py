@@ -32,12 +32,18 @@ def test_this_process_counts_as_the_client_and_the_machine_includes_it():
 
 
 def test_cores_from_given_snapshots_leave_out_idle_roles_and_count_new_ones_from_zero():
-    before = {"t": 10.0, "cpu_s": {"ServeReplica:clinie:FastTier": 5.0, "raylet": 1.0, "machine": 8.0}}
-    after = {
-        "t": 12.0,
-        "cpu_s": {"ServeReplica:clinie:FastTier": 7.0, "raylet": 1.001, "ProxyActor": 0.5, "machine": 12.0},
-    }
-    assert CpuMeter.cores(before, after) == {"machine": 2.0, "ServeReplica:clinie:FastTier": 1.0, "ProxyActor": 0.25}
+    fast = "ServeReplica:clinie:FastTier"
+    before = {"t": 10.0, "machine": 8.0, "procs": {11: (fast, 5.0), 12: ("raylet", 1.0)}}
+    after = {"t": 12.0, "machine": 12.0, "procs": {11: (fast, 7.0), 12: ("raylet", 1.001), 13: ("ProxyActor", 0.5)}}
+    assert CpuMeter.cores(before, after) == {"machine": 2.0, fast: 1.0, "ProxyActor": 0.25}
+
+
+def test_a_process_that_exits_takes_only_its_own_cpu_with_it():
+    # a downscale: replica 11 (much CPU before) exits; replica 14 starts and works; pid 12 is reused
+    fast = "ServeReplica:clinie:FastTier"
+    before = {"t": 0.0, "machine": 100.0, "procs": {11: (fast, 90.0), 12: ("raylet", 3.0), 13: (fast, 2.0)}}
+    after = {"t": 10.0, "machine": 110.0, "procs": {13: (fast, 6.0), 14: (fast, 3.0), 12: (fast, 1.0)}}
+    assert CpuMeter.cores(before, after) == {"machine": 1.0, fast: 0.8}
 
 
 def test_a_process_that_is_not_rays_has_no_group():
