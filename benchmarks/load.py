@@ -40,6 +40,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import queue
 import random
 import threading
 import time
@@ -395,14 +396,24 @@ def one_engine_per_core(notes: list[dict[str, str]], model_dir: Path, processes:
     """One single-threaded pipeline per core, each in its own process over all the notes, started
     together: how a replica per core would answer with nothing else on the machine (no proxy, no
     Ingress, no Ray), the ceiling the served throughput is set against beside `in_process`."""
-    n = processes or len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n = processes or cores
     ctx = mp.get_context("spawn")  # no inherited ONNX Runtime or thread state
     barrier, out = ctx.Barrier(n), ctx.Queue()
     procs = [ctx.Process(target=_per_core_worker, args=(str(model_dir), notes, barrier, out)) for _ in range(n)]
     for proc in procs:
         proc.start()
+    walls: list[float] = []
+    deadline = time.monotonic() + 900
     try:
-        walls = [out.get(timeout=600) for _ in procs]
+        while len(walls) < n:
+            try:
+                walls.append(out.get(timeout=1.0))
+            except queue.Empty:
+                failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if failed or time.monotonic() > deadline:
+                    why = f"exit codes {failed}" if failed else "no answer in 900 s"
+                    raise RuntimeError(f"one-engine-per-core baseline: a worker failed ({why})") from None
     finally:
         for proc in procs:
             proc.join(timeout=30)

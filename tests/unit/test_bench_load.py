@@ -61,3 +61,11 @@ def test_one_engine_per_core_runs_single_threaded_pipelines_side_by_side(tiny_mo
     # both processes answered every note; the rate is the notes of both over the slower one's wall
     assert got["wall_s"] > 0
     assert got["notes_per_s"] == pytest.approx(2 * len(notes) / got["wall_s"], rel=0.05)
+
+
+def test_one_engine_per_core_fails_loudly_when_a_worker_dies(tmp_path):
+    from benchmarks.load import one_engine_per_core
+
+    # a real failure inside the workers: no model where they are told to look
+    with pytest.raises(RuntimeError, match="a worker failed"):
+        one_engine_per_core([{"note_id": "a", "text": "Denies chest pain."}], tmp_path / "no-model", processes=2)
