@@ -19,6 +19,7 @@ sees: it sends again on 429/503, a refused connection, and a 500 the service did
 
     python -m benchmarks.faults          # local app on the embedded defaults, LLM tier included
     python -m benchmarks.faults --fault ingress_replica --retries 2
+    python -m benchmarks.faults --fault ingress_replica --front-door haproxy   # HAProxy on the ports
 
 Writes `faults.json` under `--output-dir` and prints a Markdown table.
 """
@@ -44,6 +45,7 @@ from benchmarks.load import UNLABELED, load_notes
 from benchmarks.processes import ray_process_group
 from benchmarks.report import write_report
 from serve_app import local
+from serve_app.front_door import FrontDoor
 
 DEADLINE_MS = 20_000
 FAULTS = ["fast_replica", "llm_replica", "llm_engine", "ingress_replica"]
@@ -221,12 +223,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fault", action="append", choices=FAULTS, help="Fault to inject (repeatable; default all).")
     p.add_argument("--retries", type=int, default=0, help="Send through clinie.client with N retries (0: urllib).")
+    p.add_argument(
+        "--front-door",
+        choices=[d.value for d in FrontDoor],
+        default=FrontDoor.PROXY.value,
+        help="What listens on the service's ports (serve_app/front_door.py; default: Ray Serve's proxy).",
+    )
     p.add_argument("--port", type=int, default=18600)
     p.add_argument("--output-dir", default="benchmarks/results")
     args = p.parse_args(argv)
     notes = load_notes(UNLABELED, 40, max_chars=4000)
     cfg, raw = local.local_app_config()
-    svc = local.start(local.prepare_models(cfg), raw, port=args.port, grpc_port=args.port + 1000)
+    door = FrontDoor(args.front_door)
+    svc = local.start(local.prepare_models(cfg), raw, port=args.port, grpc_port=args.port + 1000, door=door)
     rows = []
     try:
         for fault in args.fault or FAULTS:
@@ -236,7 +245,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         local.stop()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_report({"faults": rows}, out / "faults.json")
+    write_report({"front_door": door.value, "faults": rows}, out / "faults.json")
     print(table(rows))
     return rows
 

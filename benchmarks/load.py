@@ -54,6 +54,7 @@ from benchmarks.processes import CpuMeter
 from benchmarks.report import cpu_info, write_report
 from clinie.client import AsyncClient, ClinieError
 from clinie.inputs import NoteInput
+from serve_app.front_door import FrontDoor
 
 UNLABELED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mtsamples-unlabeled" / "notes.jsonl"
 DEFAULT_SCENARIOS = ["closed:8:90", "cooldown:180", "closed:48:30:3000", "cooldown:180"]
@@ -473,6 +474,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--honour-retry-after", action="store_true", help="Refused clients wait Retry-After first.")
     p.add_argument("--model", help="Fast-tier model directory for a local start (default: the embedded default).")
     p.add_argument("--llm", action="store_true", help="Deploy the LLM tier too on a local start.")
+    p.add_argument(
+        "--front-door",
+        choices=[d.value for d in FrontDoor],
+        default=FrontDoor.PROXY.value,
+        help="What listens on the ports of a local start (serve_app/front_door.py; default: Ray Serve's proxy).",
+    )
     p.add_argument("--port", type=int, default=18400)
     p.add_argument("--grpc-port", type=int, default=19400)
     p.add_argument("--output-dir", default="benchmarks/results")
@@ -498,7 +505,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         per_core = report["one_engine_per_core"]
         print(f"one engine per core ({per_core['processes']}): {per_core['notes_per_s']:.2f} notes/s", flush=True)
         cfg, raw = local.local_app_config(fast_tier_model=str(model_dir), llm_enabled=args.llm)
-        svc = local.start(cfg, raw, port=args.port, grpc_port=args.grpc_port)
+        svc = local.start(cfg, raw, port=args.port, grpc_port=args.grpc_port, door=FrontDoor(args.front_door))
+        report["front_door"] = args.front_door
         report["start_to_ready_s"] = round(svc.started_s + local.wait_ready(svc.http_url), 2)
         args.url, args.grpc_target = svc.http_url, args.grpc_target or svc.grpc_target
     elif args.ray_address:

@@ -26,7 +26,8 @@ def ray_process_group(proc: psutil.Process) -> str | None:
     if m:
         rest = title.split("ray::", 1)[1]
         return rest.split(".")[0].split(" ")[0] if m.group(1) == "ServeReplica" else m.group(1)
-    for daemon in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor"):
+    # haproxy: the `haproxy` front door's forwarder (serve_app/front_door.py), started by Ray
+    for daemon in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor", "haproxy"):
         if daemon in name or f"/{daemon}" in cmd:
             return daemon
     return None

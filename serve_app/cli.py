@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from serve_app.front_door import FrontDoor
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
@@ -226,6 +228,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from serve_app import local
 
     config_file = Path(args.config) if args.config else local.LOCAL_CONFIG
+    door = FrontDoor(args.front_door)
+    if (args.tls_cert or args.tls_key) and door is FrontDoor.HAPROXY:
+        raise UsageError("--tls-cert needs the proxy front door (HAProxy here forwards plain HTTP)")
     try:
         cfg, raw = local.local_app_config(
             config_file,
@@ -242,13 +247,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if path and not Path(path).is_file():
             raise UsageError(f"TLS file not found: {path}")
     tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
-    svc = local.start(
-        cfg, raw, host=args.host, port=args.port, grpc_port=args.grpc_port, num_cpus=args.num_cpus, tls=tls
-    )
+    try:
+        svc = local.start(
+            cfg,
+            raw,
+            host=args.host,
+            port=args.port,
+            grpc_port=args.grpc_port,
+            num_cpus=args.num_cpus,
+            tls=tls,
+            door=door,
+        )
+    except ValueError as exc:  # a front door the environment contradicts
+        raise UsageError(str(exc)) from exc
     ready = local.wait_ready(svc.http_url, timeout_s=300)
     print(
-        f"clinie: serving HTTP on {svc.http_url} (docs: {svc.http_url}/docs), gRPC on {svc.grpc_target}; "
-        f"ready {svc.started_s + ready:.1f} s after start. Ctrl-C stops.",
+        f"clinie: serving HTTP on {svc.http_url} (docs: {svc.http_url}/docs), gRPC on {svc.grpc_target} "
+        f"({door.value} front door); ready {svc.started_s + ready:.1f} s after start. Ctrl-C stops.",
         file=sys.stderr,
         flush=True,
     )
@@ -299,6 +314,14 @@ def _add_serve(sub: Any) -> None:
     sv.add_argument("--num-cpus", type=int, help="Logical CPUs for the local Ray (default: cores + 2, at least 4).")
     sv.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key). gRPC stays plaintext.")
     sv.add_argument("--tls-key", help="PEM private key of --tls-cert.")
+    sv.add_argument(
+        "--front-door",
+        choices=[d.value for d in FrontDoor],
+        default=FrontDoor.PROXY.value,
+        help="What listens on the ports: Ray Serve's proxy (default; TLS, retries a request whose Ingress replica "
+        "died) or HAProxy straight to the Ingress replicas (fewer hops: more notes/s on few cores). "
+        "README, 'Front door'.",
+    )
     sv.set_defaults(func=cmd_serve)
 
 

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from clinie.paths import CONFIG_DIR, repo_path
-from serve_app import proxy_retry
+from serve_app import front_door, proxy_retry
 from serve_app.config import AppConfig
+from serve_app.front_door import FrontDoor
 
 LOCAL_CONFIG = CONFIG_DIR / "serve.local.yaml"
 GRPC_SERVICER = "serve_app.grpc_service.add_ClinieServicer_to_server"
@@ -114,8 +115,10 @@ def start(
     grpc_port: int = 9000,
     num_cpus: int | None = None,
     tls: tuple[str, str] | None = None,
+    door: FrontDoor = FrontDoor.PROXY,
 ) -> LocalService:
-    """Start Ray (in this process), Serve with HTTP and gRPC proxies, and the application.
+    """Start Ray (in this process), Serve with HTTP and gRPC on `port` and `grpc_port`, and the
+    application; `door` is what listens there (serve_app/front_door.py).
 
     `tls` (certificate, key; PEM files), else the config's `http_options.ssl_certfile` and
     `ssl_keyfile`: the HTTP proxy serves HTTPS. gRPC stays plaintext (Ray Serve's gRPC proxy has no
@@ -125,14 +128,24 @@ def start(
     from ray.serve.config import gRPCOptions
 
     raw = raw if raw is not None else local_app_config()[1]
+    http = raw.get("http_options", {})
+    cert, key = tls or (http.get("ssl_certfile"), http.get("ssl_keyfile"))
+    if cert and key and door is FrontDoor.HAPROXY:
+        raise ValueError("TLS is served by Ray Serve's proxy: use the `proxy` front door with a certificate")
     t0 = time.perf_counter()
     cpus = num_cpus or max(4, (os.cpu_count() or 2) + 2)
     if not ray.is_initialized():
-        proxy_retry.install_env()  # the proxy inherits it from the raylet started here
+        # Ray's processes read both when they start: they inherit them from the raylet started here
+        proxy_retry.install_env()
+        front_door.install_env(door)
+    if front_door.active() is not door:  # Ray running already, or the operator's own environment
+        raise ValueError(
+            f"the {door.value} front door was asked for, but Ray's environment has the {front_door.active().value} "
+            "one (RAY_SERVE_ENABLE_HA_PROXY)"
+        )
+    if not ray.is_initialized():
         ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False, log_to_driver=True)
-    http = raw.get("http_options", {})
     options: dict[str, Any] = {"host": host, "port": port, "request_timeout_s": http.get("request_timeout_s", 180)}
-    cert, key = tls or (http.get("ssl_certfile"), http.get("ssl_keyfile"))
     if cert and key:
         options.update(ssl_certfile=str(repo_path(cert)), ssl_keyfile=str(repo_path(key)))
     serve.start(

@@ -87,14 +87,22 @@ class NoteService:
     async def _poll(self) -> None:
         """Every couple of seconds: the fast tier's replica counts (admission counts running and
         starting capacity) and the LLM tier's state (routing avoids a tier that is not ready)."""
+        failing = False
         while True:
             try:
                 running, starting, most = await asyncio.to_thread(_fast_replicas)
                 self.admission.set_replicas(running, starting, most)
                 self.metrics.replicas.labels("FastTier", "running").set(running)
                 self.metrics.replicas.labels("FastTier", "starting").set(starting)
+                if failing:
+                    log.info("replica poll works again")
+                failing = False
             except Exception as exc:  # the controller is busy or restarting: keep the last counts
-                log.warning("replica poll failed: %s", type(exc).__name__)
+                # once per spell, not every poll (the app being deleted while this replica drains
+                # fails every poll until it stops)
+                if not failing:
+                    log.warning("replica poll failed: %s (keeping the last counts)", type(exc).__name__)
+                failing = True
             await self.refresh_llm()
             await asyncio.sleep(self.cfg.admission.poll_interval_s)
 
