@@ -44,7 +44,7 @@ import psutil
 from benchmarks.load import UNLABELED, load_notes
 from benchmarks.processes import ray_process_group
 from benchmarks.report import write_report
-from serve_app import local
+from serve_app import front_door, local
 from serve_app.front_door import FrontDoor
 
 DEADLINE_MS = 20_000
@@ -223,11 +223,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fault", action="append", choices=FAULTS, help="Fault to inject (repeatable; default all).")
     p.add_argument("--retries", type=int, default=0, help="Send through clinie.client with N retries (0: urllib).")
-    p.add_argument(
-        "--front-door",
-        choices=[d.value for d in FrontDoor],
-        default=FrontDoor.PROXY.value,
-        help="What listens on the service's ports (serve_app/front_door.py; default: Ray Serve's proxy).",
+    front_door.add_option(
+        p, help="What listens on the service's ports (serve_app/front_door.py; default: Ray Serve's proxy)."
     )
     p.add_argument("--port", type=int, default=18600)
     p.add_argument("--output-dir", default="benchmarks/results")

@@ -54,6 +54,7 @@ from benchmarks.processes import CpuMeter
 from benchmarks.report import cpu_info, write_report
 from clinie.client import AsyncClient, ClinieError
 from clinie.inputs import NoteInput
+from serve_app import front_door
 from serve_app.front_door import FrontDoor
 
 UNLABELED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mtsamples-unlabeled" / "notes.jsonl"
@@ -474,11 +475,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--honour-retry-after", action="store_true", help="Refused clients wait Retry-After first.")
     p.add_argument("--model", help="Fast-tier model directory for a local start (default: the embedded default).")
     p.add_argument("--llm", action="store_true", help="Deploy the LLM tier too on a local start.")
-    p.add_argument(
-        "--front-door",
-        choices=[d.value for d in FrontDoor],
-        default=FrontDoor.PROXY.value,
-        help="What listens on the ports of a local start (serve_app/front_door.py; default: Ray Serve's proxy).",
+    front_door.add_option(
+        p, help="What listens on the ports of a local start (serve_app/front_door.py; default: Ray Serve's proxy)."
     )
     p.add_argument("--port", type=int, default=18400)
     p.add_argument("--grpc-port", type=int, default=19400)

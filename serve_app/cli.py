@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from serve_app import front_door
 from serve_app.front_door import FrontDoor
 
 EXIT_FAILED = 1
@@ -229,8 +230,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config_file = Path(args.config) if args.config else local.LOCAL_CONFIG
     door = FrontDoor(args.front_door)
-    if (args.tls_cert or args.tls_key) and door is FrontDoor.HAPROXY:
-        raise UsageError("--tls-cert needs the proxy front door (HAProxy here forwards plain HTTP)")
+    try:
+        front_door.check_tls(door, bool(args.tls_cert or args.tls_key))  # before any model is built
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     try:
         cfg, raw = local.local_app_config(
             config_file,
@@ -314,10 +317,8 @@ def _add_serve(sub: Any) -> None:
     sv.add_argument("--num-cpus", type=int, help="Logical CPUs for the local Ray (default: cores + 2, at least 4).")
     sv.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key). gRPC stays plaintext.")
     sv.add_argument("--tls-key", help="PEM private key of --tls-cert.")
-    sv.add_argument(
-        "--front-door",
-        choices=[d.value for d in FrontDoor],
-        default=FrontDoor.PROXY.value,
+    front_door.add_option(
+        sv,
         help="What listens on the ports: Ray Serve's proxy (default; TLS, retries a request whose Ingress replica "
         "died) or HAProxy straight to the Ingress replicas (fewer hops: more notes/s on few cores). "
         "README, 'Front door'.",

@@ -28,6 +28,7 @@ process that starts Ray (`clinie serve --front-door`, `serve_app.local.start`) b
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import MutableMapping
 from enum import StrEnum
@@ -63,3 +64,16 @@ def active(environ: MutableMapping[str, str] | None = None) -> FrontDoor:
     """The front door the Ray started from this environment has."""
     env = os.environ if environ is None else environ
     return FrontDoor.HAPROXY if env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else FrontDoor.PROXY
+
+
+def add_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--front-door proxy|haproxy` (default: proxy), for the commands that start a local Ray."""
+    parser.add_argument("--front-door", choices=[d.value for d in FrontDoor], default=FrontDoor.PROXY.value, help=help)
+
+
+def check_tls(door: FrontDoor, tls: bool) -> None:
+    """ValueError where TLS is asked of a front door that cannot serve it (before anything starts)."""
+    if tls and door is FrontDoor.HAPROXY:
+        raise ValueError(
+            "TLS is served by Ray Serve's proxy: use the proxy front door (HAProxy here forwards plain HTTP)"
+        )

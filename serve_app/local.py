@@ -130,20 +130,21 @@ def start(
     raw = raw if raw is not None else local_app_config()[1]
     http = raw.get("http_options", {})
     cert, key = tls or (http.get("ssl_certfile"), http.get("ssl_keyfile"))
-    if cert and key and door is FrontDoor.HAPROXY:
-        raise ValueError("TLS is served by Ray Serve's proxy: use the `proxy` front door with a certificate")
+    front_door.check_tls(door, bool(cert and key))
     t0 = time.perf_counter()
     cpus = num_cpus or max(4, (os.cpu_count() or 2) + 2)
-    if not ray.is_initialized():
+    starting_ray = not ray.is_initialized()
+    if starting_ray:
         # Ray's processes read both when they start: they inherit them from the raylet started here
         proxy_retry.install_env()
         front_door.install_env(door)
-    if front_door.active() is not door:  # Ray running already, or the operator's own environment
+    running = front_door.active()
+    if running is not door:  # Ray running already, or the operator's own environment
         raise ValueError(
-            f"the {door.value} front door was asked for, but Ray's environment has the {front_door.active().value} "
+            f"the {door.value} front door was asked for, but Ray's environment has the {running.value} "
             "one (RAY_SERVE_ENABLE_HA_PROXY)"
         )
-    if not ray.is_initialized():
+    if starting_ray:
         ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False, log_to_driver=True)
     options: dict[str, Any] = {"host": host, "port": port, "request_timeout_s": http.get("request_timeout_s", 180)}
     if cert and key:
