@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,14 @@ URL = f"http://127.0.0.1:{PORT}"
 NOTE = "Patient denies chest pain. Takes aspirin 81 mg daily."
 
 
+@dataclass
+class Service:
+    log: Path  # what `clinie serve` printed
+    pid: int  # the `clinie serve` process; its Ray descends from it
+
+
 @pytest.fixture(scope="module")
-def haproxy_service(tiny_model: Path, clinie_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def haproxy_service(tiny_model: Path, clinie_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     from serve_app import local
 
     log = tmp_path_factory.mktemp("front_door") / "serve.log"
@@ -54,7 +61,7 @@ def haproxy_service(tiny_model: Path, clinie_home: Path, tmp_path_factory: pytes
         deadline = time.monotonic() + 60
         while "(haproxy front door)" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.5)
-        yield log
+        yield Service(log, proc.pid)
     finally:
         # its Ray (raylet, GCS, workers, HAProxy) descends from it: anything a stop leaves is killed,
         # and nothing else on the machine is touched (no `ray stop`: a developer's own Ray survives)
@@ -79,7 +86,7 @@ def _listener(port: int) -> str:
     return ""
 
 
-def test_haproxy_listens_and_answers_over_http_and_grpc(haproxy_service: Path):
+def test_haproxy_listens_and_answers_over_http_and_grpc(haproxy_service: Service):
     from clinie import grpc_convert as G
     from clinie.proto import clinie_pb2 as pb
     from clinie.proto import clinie_pb2_grpc as pbg
@@ -97,7 +104,21 @@ def test_haproxy_listens_and_answers_over_http_and_grpc(haproxy_service: Path):
     assert via_grpc.note_id == "g1"
     via_grpc.check_offsets(NOTE)
     assert [(e.start, e.end) for e in via_grpc.entities] == [(e.start, e.end) for e in result.entities]
-    assert "(haproxy front door)" in haproxy_service.read_text()  # the start message says which
+    assert "(haproxy front door)" in haproxy_service.log.read_text()  # the start message says which
+
+
+def test_rays_processes_run_with_the_services_settings(haproxy_service: Service):
+    """What `clinie serve` sets before Ray starts reaches the processes that read it: the Serve
+    controller (the front door's settings) and the fallback proxy (the lost-Ingress retry)."""
+    from benchmarks.processes import ray_process_group
+    from serve_app import proxy_retry
+    from serve_app.front_door import HAPROXY_ENV
+
+    family = psutil.Process(haproxy_service.pid).children(recursive=True)
+    by_role = {ray_process_group(p): p for p in family}
+    controller, proxy = by_role["ServeController"], by_role["ProxyActor"]
+    assert {k: controller.environ().get(k) for k in HAPROXY_ENV} == HAPROXY_ENV
+    assert proxy.environ().get(proxy_retry.ENV) == proxy_retry.CALLBACK
 
 
 @pytest.mark.parametrize(
@@ -108,7 +129,7 @@ def test_haproxy_listens_and_answers_over_http_and_grpc(haproxy_service: Path):
         (b'{"text": "x", "deadline_ms": 0}', "invalid_request"),
     ],
 )
-def test_bad_input_is_the_contract_4xx_through_haproxy(haproxy_service: Path, body: bytes, code: str):
+def test_bad_input_is_the_contract_4xx_through_haproxy(haproxy_service: Service, body: bytes, code: str):
     req = urllib.request.Request(URL + "/v1/extract", data=body, headers={"content-type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=60)
@@ -116,7 +137,7 @@ def test_bad_input_is_the_contract_4xx_through_haproxy(haproxy_service: Path, bo
     assert (err.value.code, answer["error"]["code"]) == (400, code), answer
 
 
-def test_bad_grpc_input_is_invalid_argument_through_haproxy(haproxy_service: Path):
+def test_bad_grpc_input_is_invalid_argument_through_haproxy(haproxy_service: Service):
     from clinie.proto import clinie_pb2 as pb
     from clinie.proto import clinie_pb2_grpc as pbg
 

@@ -63,9 +63,46 @@ def test_one_engine_per_core_runs_single_threaded_pipelines_side_by_side(tiny_mo
     assert got["notes_per_s"] == pytest.approx(2 * len(notes) / got["wall_s"], rel=0.05)
 
 
+@pytest.mark.slow
+def test_the_in_process_baseline_is_the_median_pass(tiny_model, train_dir):
+    from benchmarks.load import in_process_baseline
+
+    notes = [{"note_id": p.stem, "text": p.read_text()} for p in sorted(train_dir.glob("*.txt"))[:3]]
+    got = in_process_baseline(notes, tiny_model, passes=3)
+    passes = sorted(got["passes_notes_per_s"])
+    assert len(passes) == 3 and got["notes_per_s"] == pytest.approx(passes[1], rel=0.01)
+
+
 def test_one_engine_per_core_fails_loudly_when_a_worker_dies(tmp_path):
     from benchmarks.load import one_engine_per_core
 
     # a real failure inside the workers: no model where they are told to look
     with pytest.raises(RuntimeError, match="a worker failed"):
         one_engine_per_core([{"note_id": "a", "text": "Denies chest pain."}], tmp_path / "no-model", processes=2)
+
+
+def test_baselines_are_the_mean_of_before_and_after_with_each_run_kept():
+    from benchmarks.load import combine_baselines
+
+    def run(inp: float, per_core: float) -> dict:
+        return {
+            "in_process": {"wall_s": 60 / inp, "notes_per_s": inp},
+            "one_engine_per_core": {"processes": 2, "threads_each": 1, "notes_per_s": per_core},
+        }
+
+    got = combine_baselines([run(10.0, 14.0), run(12.0, 15.0)])
+    assert got["in_process"]["notes_per_s"] == 11.0 and got["in_process"]["runs_notes_per_s"] == [10.0, 12.0]
+    assert got["one_engine_per_core"]["notes_per_s"] == 14.5 and got["one_engine_per_core"]["processes"] == 2
+    # one run (the scenarios failed before the second): that run alone
+    assert combine_baselines([run(10.0, 14.0)])["in_process"]["notes_per_s"] == 10.0
+
+
+def test_an_idle_scenario_sends_nothing_and_reports_the_cores_busy_meanwhile():
+    from benchmarks.load import Target, run_scenarios
+
+    # nothing listens on this port: a request sent would show up as a transport error
+    target = Target("http://127.0.0.1:9", None, "fast-only", False)
+    results, samples = run_scenarios(target, [], ["idle:0.3"], None)
+    (idle,) = results
+    assert samples == [] and idle["name"] == "idle:0.3"
+    assert idle["cpu_cores"]["machine"] >= 0 and "requests" not in idle
