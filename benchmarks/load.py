@@ -375,7 +375,7 @@ def in_process_baseline(notes: list[dict[str, str]], model_dir: Path, passes: in
     """`Pipeline.run(notes, fast-only)` as `clinie extract` runs it: the throughput to match.
 
     The median of `passes` passes: one pass is a few seconds, and on this project's machine one
-    baseline pass read 7.35 notes/s where the other passes that hour read 12.7-14.4."""
+    baseline pass read 7.35 notes/s where the other passes that hour read 12.7-15.4."""
     from serve_app.pipeline import Pipeline
 
     pipe = Pipeline(model_dir=model_dir)

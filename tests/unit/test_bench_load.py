@@ -93,7 +93,7 @@ def test_baselines_are_the_mean_of_before_and_after_with_each_run_kept():
     got = combine_baselines([run(10.0, 14.0), run(12.0, 15.0)])
     assert got["in_process"]["notes_per_s"] == 11.0 and got["in_process"]["runs_notes_per_s"] == [10.0, 12.0]
     assert got["one_engine_per_core"]["notes_per_s"] == 14.5 and got["one_engine_per_core"]["processes"] == 2
-    # one run (the scenarios failed before the second): that run alone
+    # a single run stands alone
     assert combine_baselines([run(10.0, 14.0)])["in_process"]["notes_per_s"] == 10.0
 
 
