@@ -98,11 +98,28 @@ def test_baselines_are_the_mean_of_before_and_after_with_each_run_kept():
 
 
 def test_an_idle_scenario_sends_nothing_and_reports_the_cores_busy_meanwhile():
+    import threading
+
     from benchmarks.load import Target, run_scenarios
 
-    # nothing listens on this port: a request sent would show up as a transport error
-    target = Target("http://127.0.0.1:9", None, "fast-only", False)
-    results, samples = run_scenarios(target, [], ["idle:0.3"], None)
+    # this process keeps a core busy through the scenario: the meter must see it (as `load_client`,
+    # the benchmark's own role); roles under 0.005 cores are left out, so an idle machine alone
+    # could legitimately report nothing
+    done = threading.Event()
+
+    def spin() -> None:
+        while not done.is_set():
+            sum(range(1000))
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        # nothing listens on this port: a request sent would show up as a transport error
+        target = Target("http://127.0.0.1:9", None, "fast-only", False)
+        results, samples = run_scenarios(target, [], ["idle:0.5"], None)
+    finally:
+        done.set()
+        spinner.join()
     (idle,) = results
-    assert samples == [] and idle["name"] == "idle:0.3"
-    assert idle["cpu_cores"]["machine"] >= 0 and "requests" not in idle
+    assert samples == [] and idle["name"] == "idle:0.5" and "requests" not in idle
+    assert idle["cpu_cores"]["load_client"] >= 0.1
