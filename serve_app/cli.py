@@ -234,6 +234,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         front_door.check_tls(door, bool(args.tls_cert or args.tls_key))  # before any model is built
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    # usage errors before any model is built (a first run builds them for minutes)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    for path in (args.tls_cert, args.tls_key):
+        if path and not Path(path).is_file():
+            raise UsageError(f"TLS file not found: {path}")
     try:
         cfg, raw = local.local_app_config(
             config_file,
@@ -244,11 +250,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         raise UsageError(str(exc)) from exc
     cfg = local.prepare_models(cfg)
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise UsageError("--tls-cert and --tls-key go together")
-    for path in (args.tls_cert, args.tls_key):
-        if path and not Path(path).is_file():
-            raise UsageError(f"TLS file not found: {path}")
     tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
     try:
         svc = local.start(

@@ -54,3 +54,18 @@ def test_cli_refuses_tls_with_haproxy(tmp_path, capsys: pytest.CaptureFixture[st
     cert.write_text("x")
     code = main(["serve", "--front-door", "haproxy", "--tls-cert", str(cert), "--tls-key", str(cert)])
     assert code == 2 and "proxy front door" in capsys.readouterr().err
+
+
+def test_cli_refuses_bad_tls_arguments_before_building_any_model(tmp_path, monkeypatch, capsys):
+    from serve_app import local
+
+    def no_models(cfg):
+        raise AssertionError("models prepared before the usage error")
+
+    monkeypatch.setattr(local, "prepare_models", no_models)
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    assert main(["serve", "--tls-cert", str(cert)]) == 2
+    assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
+    assert main(["serve", "--tls-cert", str(cert), "--tls-key", str(tmp_path / "missing.pem")]) == 2
+    assert "TLS file not found" in capsys.readouterr().err
