@@ -142,6 +142,15 @@ class AdmissionConfig(BaseModel):
         "downscale is still counted until the next poll (measured: a burst arriving just after a downscale, "
         "with 2 s polls, got a dozen 504s).",
     )
+    share_by_ingress_replicas: bool = Field(
+        default=True,
+        description="Count for this ingress replica only its share of the fast tier's capacity (1 / the running "
+        "ingress replicas): each replica sees only the work it admitted itself, while the fast-tier replicas "
+        "serve every ingress's work (Ray's proxies and HAProxy spread requests evenly over them). Without it, "
+        "N ingress replicas together admit about N times what fits the deadlines, until the measured slowdown "
+        "catches up (measured on 2 cores, two ingress replicas, 48 clients with a 3 s deadline: README "
+        "'Serving').",
+    )
     speed_halflife_s: float = Field(
         default=6.0,
         gt=0,
@@ -185,6 +194,7 @@ class Admission:
         self._ramp_at = -math.inf  # ... and when
         self.starting_replicas = 0
         self.max_replicas = 1
+        self.ingress_replicas = 1  # running ingress replicas sharing the fast tier (this one included)
         # chars/s of one replica, EWMA; the prior is its first sample, so one cold first batch
         # (measured: a new replica's first pass is several times slower) does not replace it
         self._speed: float | None = cfg.prior_speed_chars_per_s
@@ -198,9 +208,11 @@ class Admission:
 
     # -- what the ingress feeds in -------------------------------------------------------------
 
-    def set_replicas(self, running: int, starting: int, max_replicas: int) -> None:
-        """Replica counts of the fast tier, as the Serve controller reports them."""
+    def set_replicas(self, running: int, starting: int, max_replicas: int, ingress_replicas: int = 1) -> None:
+        """Replica counts of the fast tier, and of the ingress replicas that share it, as the Serve
+        controller reports them."""
         with self._lock:
+            self.ingress_replicas = max(1, ingress_replicas)
             running = max(0, running)
             if running > self.running_replicas:  # ramp up from what is counted now
                 self._ramp_from = self._effective_running_locked()
@@ -300,10 +312,12 @@ class Admission:
             return None
         cfg = self.cfg
         full = self._effective_running_locked()
+        # this replica's share of the fast tier: the other ingress replicas' work is not in our books
+        speed = self._speed / (self.ingress_replicas if cfg.share_by_ingress_replicas else 1)
         # a starting replica slows the running ones (shared cores), never below a quarter of them
         slowing = max(self.starting_replicas, int(self._anticipating_locked()))
-        now_rate = self._speed * max(0.25 * full, full - cfg.starting_replica_cost * slowing)
-        later_rate = self._speed * (full + self.starting_replicas)
+        now_rate = speed * max(0.25 * full, full - cfg.starting_replica_cost * slowing)
+        later_rate = speed * (full + self.starting_replicas)
         if now_rate > 0 and work / now_rate <= cfg.replica_start_s:
             t = work / now_rate
         elif later_rate > 0:  # the starting replicas join after replica_start_s
@@ -383,6 +397,7 @@ class Admission:
                 "counted_replicas": round(self._effective_running_locked(), 2),
                 "starting_replicas": float(self.starting_replicas),
                 "max_replicas": float(self.max_replicas),
+                "ingress_replicas": float(self.ingress_replicas),
                 "slowdown": round(self._slowdown, 3),
                 "lateness": round(self._lateness_locked(), 3),
                 "cold": float(self._cold_locked()),

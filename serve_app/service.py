@@ -37,10 +37,14 @@ from serve_app.wire import ApiError, BatchNote, ExtractBatchRequest, ExtractRequ
 log = logging.getLogger("clinie.ingress")
 
 
-def _fast_replicas() -> tuple[int, int, int]:
-    """(running, starting, max_replicas) of this application's FastTier, from the controller."""
-    fast = serve_replicas(serve.get_replica_context().app_name)["FastTier"]
-    return fast.running, fast.starting, fast.max_replicas
+def _replica_counts() -> tuple[int, int, int, int]:
+    """(running, starting, max_replicas) of this application's FastTier, and its running replicas
+    of this replica's own deployment (the ingress replicas sharing FastTier), from the controller."""
+    ctx = serve.get_replica_context()
+    deployments = serve_replicas(ctx.app_name)
+    fast = deployments["FastTier"]
+    own = deployments.get(ctx.deployment)
+    return fast.running, fast.starting, fast.max_replicas, own.running if own is not None else 1
 
 
 # A fast-tier replica that died or became unreachable under a request: extraction is a pure
@@ -90,8 +94,8 @@ class NoteService:
         failing = False
         while True:
             try:
-                running, starting, most = await asyncio.to_thread(_fast_replicas)
-                self.admission.set_replicas(running, starting, most)
+                running, starting, most, ingresses = await asyncio.to_thread(_replica_counts)
+                self.admission.set_replicas(running, starting, most, ingresses)
                 self.metrics.replicas.labels("FastTier", "running").set(running)
                 self.metrics.replicas.labels("FastTier", "starting").set(starting)
                 if failing:

@@ -60,6 +60,31 @@ def test_a_cold_ingress_starts_from_the_prior_speed() -> None:
     assert isinstance(adm.admit(1, 2000, deadline_ms=3000), Ticket)
 
 
+def test_each_ingress_replica_counts_only_its_share_of_the_fast_tier() -> None:
+    # Two ingress replicas share one fast-tier replica of 1000 chars/s: each sees only its own
+    # admitted work, so each may count on 500 chars/s. The same queue that fits 5 s alone does not.
+    shared = _adm()
+    shared.record(1000, 1000.0)
+    shared.set_replicas(running=1, starting=0, max_replicas=1, ingress_replicas=2)
+    assert shared.snapshot()["ingress_replicas"] == 2
+    assert isinstance(shared.admit(1, 1000, deadline_ms=5000), Ticket)  # idle: admitted
+    assert isinstance(shared.admit(1, 1000, deadline_ms=5000), Ticket)  # 2000 chars at 500/s: 4 s
+    refusal = shared.admit(1, 1000, deadline_ms=5000)  # 6 s at its share
+    assert isinstance(refusal, Refusal) and refusal.reason == "deadline"
+    assert shared.estimate_s(0) == pytest.approx(4.0)
+    # Alone (or with the share switched off) the same 3000 chars take 3 s and fit.
+    alone = _adm(share_by_ingress_replicas=False)
+    alone.record(1000, 1000.0)
+    alone.set_replicas(running=1, starting=0, max_replicas=1, ingress_replicas=2)
+    for _ in range(3):
+        assert isinstance(alone.admit(1, 1000, deadline_ms=5000), Ticket)
+    # The count follows the controller: back to one ingress, the whole fast tier is ours again.
+    shared.set_replicas(running=1, starting=0, max_replicas=1, ingress_replicas=1)
+    assert shared.estimate_s(0) == pytest.approx(2.0)
+    shared.set_replicas(running=1, starting=0, max_replicas=1, ingress_replicas=0)  # never below one
+    assert shared.estimate_s(0) == pytest.approx(2.0)
+
+
 def test_refuses_exactly_when_the_queue_would_miss_the_deadline() -> None:
     adm = _adm()
     adm.record(1000, 1000.0)
