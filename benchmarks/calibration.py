@@ -147,7 +147,9 @@ def run(model_dir: Path, output: Path, which: str = "dev") -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--model", help="Model directory (default: the embedded default model).")
+    p.add_argument(
+        "--model", help="Model directory (default: the embedded default's held-out model, trained on the train split)."
+    )
     p.add_argument(
         "--notes",
         choices=["dev", "unseen"],
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--output", default="benchmarks/results/calibration.json")
     args = p.parse_args(argv)
-    report = run(resolve_model_dir(args.model), Path(args.output), args.notes)
+    report = run(resolve_model_dir(args.model, held_out=True), Path(args.output), args.notes)
     table = [
         f"{method:9s} {group:9s} n={row['samples']:5d}  ECE {row['before']:.3f} -> {row['after']:.3f}  per fold: "
         + ", ".join(f"{f['before']:.3f} -> {f['after']:.3f} (n={f['samples']:.0f})" for f in row.get("per_fold", []))

@@ -204,7 +204,11 @@ def print_table(models: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="Model directory (default: $CLINIE_MODEL_DIR or the embedded default).")
+    p.add_argument(
+        "--model",
+        help="Model directory (default: $CLINIE_MODEL_DIR or the embedded default's held-out model, trained on "
+        "the train split: it scores on dev notes it never saw).",
+    )
     p.add_argument("--compare", help="A second model directory measured the same way (same dev notes).")
     p.add_argument(
         "--repeat", type=int, default=3, help="Rounds (one pass over the dev notes per variant each); median kept."
@@ -217,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads)
-    model_dir = resolve_model_dir(args.model)
+    model_dir = resolve_model_dir(args.model, held_out=True)
     docs = dev_documents(model_dir)
     dirs = [model_dir] + ([Path(args.compare)] if args.compare else [])
     if args.compare and {d.name for d in dev_documents(dirs[1])} != {d.name for d in docs}:

@@ -158,7 +158,7 @@ def _summary(
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--notes", type=int, default=20, help="How many dev notes (from the model card's dev list).")
-    p.add_argument("--model", help="Fast-tier model directory (default: the embedded default).")
+    p.add_argument("--model", help="Fast-tier model directory (default: the embedded default's held-out model).")
     p.add_argument("--llm-model", default="", help="LLM checkpoint dir or hub id (default: embedded SmolLM2).")
     p.add_argument("--output", help="JSON report path (default: benchmarks/results/llm_vs_fast.json, or "
                    "llm_decoding.json with --decoding).")  # fmt: skip
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         write_report(report, args.output or DECODING_REPORT)
         return report
 
-    model_dir = resolve_model_dir(args.model)
+    model_dir = resolve_model_dir(args.model, held_out=True)
     docs = dev_documents(model_dir)[: args.notes]
     pipeline = Pipeline(model_dir=model_dir, llm=LLMTierConfig(model=args.llm_model))
     pipeline.run([NoteInput(note_id="warmup", text=docs[0].text)], policy="fast-only")

@@ -885,7 +885,11 @@ def ood_probe(engine: FastTierEngine, ood: OODStats, dev_scores: dict[str, float
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="Fast-tier model directory (default: $CLINIE_MODEL_DIR or the embedded default).")
+    p.add_argument(
+        "--model",
+        help="Fast-tier model directory (default: $CLINIE_MODEL_DIR or the embedded default's held-out "
+        "model, trained on the train split).",
+    )
     p.add_argument("--notes", type=int, default=20, help="How many dev notes (from the model card's dev list).")
     p.add_argument("--llm-pred", help="LLM-tier predictions (JSONL) on the dev notes; default: run the LLM tier.")
     p.add_argument("--output-dir", default="benchmarks/results", help="Where the JSON and PNGs go.")
@@ -904,7 +908,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    model_dir = resolve_model_dir(args.model)
+    model_dir = resolve_model_dir(args.model, held_out=True)
     docs = dev_documents(model_dir)[: args.notes]
     engine = FastTierEngine(EngineConfig(model_dir=model_dir))
     ood_file = model_dir / OOD_FILE

@@ -277,6 +277,12 @@ class ConfidenceCalibration(BaseModel):
         description="One map per kind; a kind without a map keeps its raw score (see fitted_on.skipped)."
     )
     fitted_on: FitReport = Field(description="Fitting data and ECE before/after.")
+    transferred_from: str | None = Field(
+        default=None,
+        description="`name@version` of the model the maps were fitted for, when they were fitted for another model "
+        "of the same training recipe (one trained on fewer notes, so that it had held-out ones: "
+        "deployments/fast_tier/recipe.py); None: fitted for this model.",
+    )
 
     def apply(self, kind: Kind, scores: object) -> np.ndarray:
         """Calibrated confidences for raw `scores` of `kind` (unchanged when the kind has no map)."""

@@ -321,6 +321,7 @@ def _fast_pass(o: CalibrateOptions, docs: list[Document], llm_id: str) -> tuple[
     from deployments.fast_tier.engine import FastTierEngine
 
     model_dir = resolve_model_dir(o.model)
+    _check_not_trained_on(model_dir, docs)
     engine = FastTierEngine(EngineConfig(model_dir=model_dir))
     if llm_id:
         try:  # refuse a malformed id before the minutes of the fast pass
@@ -328,6 +329,25 @@ def _fast_pass(o: CalibrateOptions, docs: list[Document], llm_id: str) -> tuple[
         except ValueError as exc:
             raise CalibrationError(f"calibrated_for: {exc}") from exc
     return engine, model_dir, engine.analyze([(d.name, d.text) for d in docs], progress=True)
+
+
+def _check_not_trained_on(model_dir: Path, docs: list[Document]) -> None:
+    """Refuse gold notes the fast tier trained on (its model card lists them): its answers there
+    are better than on unseen notes, so uncertainty thresholds and the LLM tier's measured gain
+    would both be set for a fast tier that does not exist. The embedded default trained on every
+    shared annotated note; its held-out model (`clinie build-default --held-out`) did not see the
+    dev notes."""
+    card = model_dir / "model_card.json"
+    if not card.is_file():
+        return
+    trained = set(json.loads(card.read_text()).get("data", {}).get("train_notes", []))
+    seen = sorted(d.name for d in docs if d.name in trained)
+    if seen:
+        raise CalibrationError(
+            f"the fast tier at {shown(model_dir)} trained on {len(seen)} of the {len(docs)} gold notes "
+            f"(e.g. {seen[0]}): calibrate on notes it never saw, or pass --model a model that did not train "
+            "on them (the embedded default's held-out model: clinie build-default --held-out)"
+        )
 
 
 def _start(o: CalibrateOptions) -> _Run:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Literal
 
@@ -113,6 +114,13 @@ class TrainConfig(BaseModel):
         if self.window_stride >= self.window_tokens:
             raise ValueError("window_stride must be smaller than window_tokens")
         return self
+
+    def version(self, data_hash: str) -> str:
+        """The version a model trained with this config on data of `data_hash` gets: a hash of the
+        data, the split and every setting that changes the weights (not where files go, nor the
+        thread count), so that a rebuild of the same recipe on another machine has the same tag."""
+        payload = self.model_dump_json(exclude={"data_dir", "output_dir", "threads", "export_fp32", "keep_pytorch"})
+        return hashlib.sha256((payload + data_hash).encode()).hexdigest()[:10]
 
 
 class ModelManifest(BaseModel):

@@ -1,5 +1,13 @@
 """The embedded default fast tier: built on first use from the shared annotated notes, then cached.
 
+Two models of the one default recipe (deployments/fast_tier/recipe.py says why):
+- the **default** (`split: all`), what `make run`, `clinie serve` and `clinie extract` use: fitted
+  on every annotated note, so it has no held-out notes; its card carries the recipe's dev scores
+  and its confidences the recipe's calibration;
+- the **held-out model** (`split: train`): the same settings fitted on the train split only. The
+  benchmarks that score on the dev notes use it (`resolve_model_dir(held_out=True)`), and its
+  measurement is the committed recipe. Built only when asked for.
+
 Where things are (the cache, the training notes, `$CLINIE_MODEL_DIR`): `clinie.paths`.
 The cache key covers the training config, the data and the package version, so a change to any of
 them builds a new model instead of serving a stale one. A file lock keeps two processes from
@@ -14,6 +22,7 @@ import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 import clinie
 from clinie.brat import Document, corpus_hash, read_corpus
@@ -32,14 +41,21 @@ from deployments.fast_tier.config import (
 log = logging.getLogger(__name__)
 
 
-def default_train_config(output_dir: Path | None = None, data_dir: Path | None = None) -> TrainConfig:
+Split = Literal["train", "all"]
+
+
+def default_train_config(
+    output_dir: Path | None = None, data_dir: Path | None = None, split: Split = "all"
+) -> TrainConfig:
+    """The default recipe: `split="all"` the served default, `"train"` its held-out model."""
     data = data_dir or default_train_data()
-    return TrainConfig(data_dir=data, output_dir=output_dir or models_home() / "pending")
+    return TrainConfig(data_dir=data, output_dir=output_dir or models_home() / "pending", split=split)
 
 
-def default_model_dir(data_dir: Path | None = None) -> Path:
-    """Where the default model for the current config, data and version lives (built or not)."""
-    cfg = default_train_config(data_dir=data_dir)
+def default_model_dir(data_dir: Path | None = None, split: Split = "all") -> Path:
+    """Where the default model (or, `split="train"`, its held-out model) for the current config,
+    data and version lives (built or not)."""
+    cfg = default_train_config(data_dir=data_dir, split=split)
     if not cfg.data_dir.is_dir():
         raise FileNotFoundError(
             f"no trained fast-tier model is configured and the training notes are not at {cfg.data_dir}; "
@@ -55,9 +71,17 @@ def default_model_dir(data_dir: Path | None = None) -> Path:
     return models_home() / f"default-{key}"
 
 
-def ensure_default_model(data_dir: Path | None = None) -> Path:
-    """The default model's directory, training and exporting it first if it is not cached."""
-    target = default_model_dir(data_dir)
+def default_model_tag(data_dir: Path | None = None, split: Split = "all") -> str:
+    """The `name@version` the default model (or its held-out model) has, built or not: the version
+    is a hash of the settings and the notes (TrainConfig.version), not of the trained weights."""
+    cfg = default_train_config(data_dir=data_dir, split=split)
+    return f"{cfg.name}@{cfg.version(corpus_hash(read_corpus(cfg.data_dir)))}"
+
+
+def ensure_default_model(data_dir: Path | None = None, split: Split = "all") -> Path:
+    """The default model's directory (or, `split="train"`, its held-out model's), training and
+    exporting it first if it is not cached."""
+    target = default_model_dir(data_dir, split)
     if (target / MANIFEST_NAME).exists():
         upgrade_model(target, data_dir)
         return target
@@ -67,8 +91,9 @@ def ensure_default_model(data_dir: Path | None = None) -> Path:
         if not (target / MANIFEST_NAME).exists():
             from deployments.fast_tier.training.train import train
 
-            log.warning("building the embedded default fast-tier model into %s (first run only)", target)
-            train(default_train_config(output_dir=target, data_dir=data_dir))
+            what = "default" if split == "all" else "held-out (train split)"
+            log.warning("building the embedded %s fast-tier model into %s (first run only)", what, target)
+            train(default_train_config(output_dir=target, data_dir=data_dir, split=split))
     upgrade_model(target, data_dir)
     return target
 
@@ -153,11 +178,12 @@ def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
             calibrate_model(model_dir, dev_docs, f"dev split of {dev_dir}")
 
 
-def resolve_model_dir(explicit: str | Path | None = None) -> Path:
-    """`explicit` (e.g. --model), else `$CLINIE_MODEL_DIR`, else the embedded default (built if needed)."""
+def resolve_model_dir(explicit: str | Path | None = None, held_out: bool = False) -> Path:
+    """`explicit` (e.g. --model), else `$CLINIE_MODEL_DIR`, else the embedded default (built if
+    needed) — or, `held_out=True`, for what scores on the dev notes, its held-out model."""
     path = model_dir_override(explicit)
     if path is not None:
         if not (path / MANIFEST_NAME).exists():
             raise FileNotFoundError(f"no trained fast-tier model at {path} ({MANIFEST_NAME} missing)")
         return path
-    return ensure_default_model()
+    return ensure_default_model(split="train" if held_out else "all")

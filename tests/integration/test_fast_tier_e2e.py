@@ -250,3 +250,55 @@ def test_graphs_use_eager_attention_and_older_exports_are_upgraded(
     (after,) = FastTierEngine(EngineConfig(model_dir=old)).extract([("n", text)])
     spans = lambda r: [(e.type, e.start, e.end) for e in [*_check(r, text).entities, *r.modifiers]]  # noqa: E731
     assert spans(after) == spans(before)
+
+
+def test_a_model_trained_on_every_note_serves_its_recipes_measurement(
+    train_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The default is fitted on every note (no dev notes of its own): it takes the dev scores and the
+    calibration of the same settings trained on the train split (deployments/fast_tier/recipe.py),
+    and reports calibrated confidences through them. Other settings: uncalibrated, saying why."""
+    from clinie.brat import corpus_hash
+    from clinie.calibration import CALIBRATION_FILE, ConfidenceCalibration
+    from deployments.fast_tier.config import TrainConfig
+    from deployments.fast_tier.recipe import recipe_of
+    from deployments.fast_tier.training import train as training
+    from serve_app.cli import _model_summary
+
+    settings = {"data_dir": train_dir, "max_notes": 6, "dev_size": 2, "max_steps": 8, "tagger_epochs": 4}
+    held_cfg = TrainConfig(**settings, output_dir=tmp_path / "held")
+    held = training.train(held_cfg)
+    data_hash = corpus_hash(read_corpus(train_dir)[:6])
+    recipe = recipe_of(held, held_cfg, data_hash)
+    recipe_file = tmp_path / "recipe.json"
+    recipe_file.write_text(recipe.model_dump_json())
+    # the committed file measures the real default recipe; this test's tiny recipe is measured above
+    monkeypatch.setattr("deployments.fast_tier.recipe.RECIPE_FILE", recipe_file)
+    every = training.train(TrainConfig(**settings, split="all", output_dir=tmp_path / "all"))
+    other = training.train(TrainConfig(**settings, split="all", seed=14, output_dir=tmp_path / "other"))
+
+    card = json.loads((every / "model_card.json").read_text())
+    held_card = json.loads((held / "model_card.json").read_text())
+    assert card["data"]["dev_notes"] == [] and len(card["data"]["train_notes"]) == 6
+    assert "dev_scores_int8" not in card and card["model"] != held_card["model"]
+    assert card["recipe"]["measured_model"] == held_card["model"]
+    assert card["recipe"]["dev_scores_int8"] == recipe.dev_scores_int8
+    assert card["confidence_calibration"]["transferred_from"] == held_card["model"]
+    cal = ConfidenceCalibration.for_model(every, card["model"])  # fitted for the held-out model, named for this one
+    assert cal is not None and cal.transferred_from == held_card["model"]
+    assert cal.maps == ConfidenceCalibration.load(held / CALIBRATION_FILE).maps
+    engine = FastTierEngine(EngineConfig(model_dir=every))
+    assert engine.calibration == cal
+    (a,) = engine.analyze([("n", "Patient denies chest pain. Takes aspirin 81 mg daily for headache.")])
+    for s in a.entities:
+        assert s.raw_confidence is not None
+        assert s.confidence == pytest.approx(float(cal.apply("entity", [s.raw_confidence])[0]))
+    summary = _model_summary(every)
+    assert summary["recipe_dev_scores"] == recipe.dev_scores_int8 and "dev_scores" not in summary
+    assert held_card["model"] in summary["recipe_measured_on"]
+
+    # another seed is another recipe: nothing transferred, and the card says why
+    other_card = json.loads((other / "model_card.json").read_text())
+    assert not (other / CALIBRATION_FILE).exists() and "recipe" not in other_card
+    assert other_card["confidence_calibration"]["status"] == "uncalibrated"
+    assert "seed" in other_card["confidence_calibration"]["reason"]

@@ -303,3 +303,28 @@ def test_calibrate_when_the_llm_never_helps_says_so(tmp_path: Path, capsys, monk
     sig = NoteSignals(sentences=[(0, 18)], sentence_chars=[18], per_sentence={"min_token_prob": np.array([0.01])})
     assert r.decide(sig).reason == "llm_not_better"
     assert r.decide(sig, "calibrated").escalates
+
+
+def test_gold_notes_the_fast_tier_trained_on_are_refused(tmp_path: Path, capsys, monkeypatch):
+    """Calibrating on notes the model trained on would set thresholds and gains for a fast tier
+    better than the one callers get (the embedded default trained on every shared note)."""
+    import json
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_card.json").write_text(json.dumps({"data": {"train_notes": ["n1", "other"]}}))
+    monkeypatch.setattr("deployments.fast_tier.default.resolve_model_dir", lambda *_a: model)
+
+    def no_engine(*_a, **_k):
+        raise AssertionError("refused before the fast pass")
+
+    monkeypatch.setattr("deployments.fast_tier.engine.FastTierEngine", no_engine)
+    gold = _gold(tmp_path)
+    write_document(Document(name="n2", text="Takes aspirin.", spans=[]), gold)
+    code, err = _run(capsys, "--gold", str(gold), "--target-rate", "0.2", "-o", str(tmp_path / "p.yaml"))
+    assert code == 2 and "trained on 1 of the 2 gold notes (e.g. n1)" in err and "--held-out" in err
+    assert not (tmp_path / "p.yaml").exists()
+    # notes it never saw pass the check (and reach the fast pass)
+    (model / "model_card.json").write_text(json.dumps({"data": {"train_notes": ["other"]}}))
+    with pytest.raises(AssertionError, match="refused before the fast pass"):
+        main(["calibrate", "--gold", str(gold), "--target-rate", "0.2", "-o", str(tmp_path / "p.yaml")])

@@ -8,7 +8,6 @@ One run writes a complete model directory: ONNX (fp32 and int8), tokenizers, `fa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -24,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from clinie.brat import Document, corpus_hash, read_corpus
+from clinie.calibration import CALIBRATION_FILE
 from clinie.ood import OOD_FILE, OODStats
 from clinie.split import split_corpus
 from clinie.windows import split_sentences
@@ -316,11 +316,6 @@ def _tokenizer_from(encoder_src: str) -> F.Tokenizer:
     return tok
 
 
-def _version(cfg: TrainConfig, data_hash: str) -> str:
-    payload = cfg.model_dump_json(exclude={"data_dir", "output_dir", "threads", "export_fp32", "keep_pytorch"})
-    return hashlib.sha256((payload + data_hash).encode()).hexdigest()[:10]
-
-
 @dataclass
 class _Split:
     """The notes read for training, their content hash, and the train/dev split of them."""
@@ -446,7 +441,7 @@ def _train_models(cfg: TrainConfig, encoder_src: str, train_docs: Sequence[Docum
 def _manifest(cfg: TrainConfig, data_hash: str, hidden: int) -> ModelManifest:
     return ModelManifest(
         name=cfg.name,
-        version=_version(cfg, data_hash),
+        version=cfg.version(data_hash),
         encoder=cfg.encoder or "embedded:all-MiniLM-L6-v2",
         entity_tags=list(F.ENTITY_TAGS),
         modifier_tags=list(F.MODIFIER_TAGS),
@@ -463,18 +458,37 @@ def _manifest(cfg: TrainConfig, data_hash: str, hidden: int) -> ModelManifest:
     )
 
 
-def _calibration_summary(cfg: TrainConfig, staging: Path, dev_docs: Sequence[Document]) -> dict[str, object]:
-    # Confidence calibration on the dev notes (never trained on): results then report calibrated
-    # confidences, and the dev scores are unchanged (calibration never changes a decision).
+def _calibration_summary(
+    cfg: TrainConfig, staging: Path, dev_docs: Sequence[Document], model_tag: str, data_hash: str
+) -> tuple[dict[str, object], dict[str, object] | None]:
+    """Calibrate the model in `staging`; returns the card's calibration section and, for a model
+    trained on every note, its `recipe` section (None otherwise).
+
+    With dev notes (never trained on): fitted on them; results then report calibrated confidences,
+    and the dev scores are unchanged (calibration never changes a decision). Without (`split=all`):
+    the committed measurement of the same recipe on the train split, when it is this model's
+    recipe and data (deployments/fast_tier/recipe.py); else uncalibrated, and the card says why."""
+    from deployments.fast_tier.recipe import load_recipe
     from deployments.fast_tier.training.calibrate import calibrate_model, card_summary
 
     if dev_docs:
-        return card_summary(calibrate_model(staging, dev_docs, f"dev split of {cfg.data_dir}", update_card=False))
+        cal = calibrate_model(staging, dev_docs, f"dev split of {cfg.data_dir}", update_card=False)
+        return card_summary(cal), None
+    recipe = load_recipe()
+    why = "no measured recipe (deployments/fast_tier/default_recipe.json)" if recipe is None else None
+    why = why or recipe.mismatch(cfg, data_hash)  # type: ignore[union-attr]  # recipe is set when why is None
+    if why is None and recipe is not None:
+        cal = recipe.calibration_for(model_tag)
+        cal.save(staging / CALIBRATION_FILE)
+        summary = card_summary(cal)
+        summary["transferred_from"] = recipe.model
+        return summary, recipe.card_section()
+    log.warning("split=all: the model stays uncalibrated (%s)", why)
     return card_summary(
         None,
-        "split=all leaves no dev notes; fit one on held-out notes with "
+        f"split=all leaves no dev notes, and {why}; fit one on held-out notes with "
         "python -m deployments.fast_tier.training.calibrate --model DIR --data DIR --notes all",
-    )
+    ), None
 
 
 def _model_card(
@@ -530,9 +544,11 @@ def train(cfg: TrainConfig) -> Path:
     bar.close()
     fit_ood(staging, split.train)
     train_seconds = time.perf_counter() - t0
-    calibration = _calibration_summary(cfg, staging, split.dev)
+    calibration, recipe = _calibration_summary(cfg, staging, split.dev, manifest.tag, split.data_hash)
     card = _model_card(cfg, manifest, split, models, train_seconds)
     card["confidence_calibration"] = calibration
+    if recipe is not None:
+        card["recipe"] = recipe
     if split.dev:
         card["dev_scores_int8"] = evaluate_dir(staging, split.dev, "int8")
     (staging / CARD_NAME).write_text(json.dumps(card, indent=2))
