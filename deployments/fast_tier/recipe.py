@@ -34,9 +34,10 @@ from clinie.calibration import ConfidenceCalibration
 from deployments.fast_tier.config import CARD_NAME, TrainConfig
 
 RECIPE_FILE = Path(__file__).with_name("default_recipe.json")
-# Settings that say where files go or how fast training runs, and the split itself: a model of the
-# same recipe may differ in these.
-_NOT_RECIPE = {"data_dir", "output_dir", "split", "threads", "export_fp32", "keep_pytorch"}
+# Settings that say where files go or how fast training runs, the split itself, and whether a
+# `split: all` model counts its steps on the train split (so that it trains as long as the held-out
+# model does): a model of the same recipe may differ in these.
+_NOT_RECIPE = {"data_dir", "output_dir", "split", "steps_of_train_split", "threads", "export_fp32", "keep_pytorch"}
 
 
 def recipe_settings(cfg: TrainConfig) -> dict[str, Any]:

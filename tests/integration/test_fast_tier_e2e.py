@@ -265,7 +265,7 @@ def test_a_model_trained_on_every_note_serves_its_recipes_measurement(
     from deployments.fast_tier.training import train as training
     from serve_app.cli import _model_summary
 
-    settings = {"data_dir": train_dir, "max_notes": 6, "dev_size": 2, "max_steps": 8, "tagger_epochs": 4}
+    settings = {"data_dir": train_dir, "max_notes": 6, "dev_size": 2, "tagger_epochs": 2}
     held_cfg = TrainConfig(**settings, output_dir=tmp_path / "held")
     held = training.train(held_cfg)
     data_hash = corpus_hash(read_corpus(train_dir)[:6])
@@ -274,13 +274,16 @@ def test_a_model_trained_on_every_note_serves_its_recipes_measurement(
     recipe_file.write_text(recipe.model_dump_json())
     # the committed file measures the real default recipe; this test's tiny recipe is measured above
     monkeypatch.setattr("deployments.fast_tier.recipe.RECIPE_FILE", recipe_file)
-    every = training.train(TrainConfig(**settings, split="all", output_dir=tmp_path / "all"))
+    every = training.train(TrainConfig(**settings, split="all", steps_of_train_split=True, output_dir=tmp_path / "all"))
     other = training.train(TrainConfig(**settings, split="all", seed=14, output_dir=tmp_path / "other"))
 
     card = json.loads((every / "model_card.json").read_text())
     held_card = json.loads((held / "model_card.json").read_text())
     assert card["data"]["dev_notes"] == [] and len(card["data"]["train_notes"]) == 6
     assert "dev_scores_int8" not in card and card["model"] != held_card["model"]
+    # all 6 notes' windows, in the steps the held-out model took over its 4 (the first run's budget)
+    assert card["training"]["tagger_windows"] > held_card["training"]["tagger_windows"]
+    assert card["training"]["tagger_steps"] == held_card["training"]["tagger_steps"]
     assert card["recipe"]["measured_model"] == held_card["model"]
     assert card["recipe"]["dev_scores_int8"] == recipe.dev_scores_int8
     assert card["confidence_calibration"]["transferred_from"] == held_card["model"]
@@ -300,5 +303,6 @@ def test_a_model_trained_on_every_note_serves_its_recipes_measurement(
     # another seed is another recipe: nothing transferred, and the card says why
     other_card = json.loads((other / "model_card.json").read_text())
     assert not (other / CALIBRATION_FILE).exists() and "recipe" not in other_card
+    assert other_card["training"]["tagger_steps"] > held_card["training"]["tagger_steps"]  # epochs of all 6
     assert other_card["confidence_calibration"]["status"] == "uncalibrated"
     assert "seed" in other_card["confidence_calibration"]["reason"]

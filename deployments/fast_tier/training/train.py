@@ -177,6 +177,12 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def _total_steps(epoch_size: int, epochs: float, batch_size: int, cfg: TrainConfig) -> int:
+    """Optimiser steps of `epochs` passes over `epoch_size` examples, capped by `max_steps`."""
+    total = max(1, math.ceil(math.ceil(epoch_size / batch_size) * epochs))
+    return min(total, cfg.max_steps) if cfg.max_steps is not None else total
+
+
 def _fit(
     model: torch.nn.Module,
     lengths: Sequence[int],
@@ -185,16 +191,15 @@ def _fit(
     batch_size: int,
     cfg: TrainConfig,
     desc: str,
+    epoch_size: int | None = None,
 ) -> list[float]:
-    """AdamW with linear warm-up and decay; returns the mean loss of each epoch."""
+    """AdamW with linear warm-up and decay; returns the mean loss of each epoch. The step count is
+    `epochs` passes of `epoch_size` examples (default: all of `lengths`; see steps_of_train_split)."""
     rng = random.Random(cfg.seed)
     if cfg.freeze_word_embeddings:
         model.encoder.get_input_embeddings().weight.requires_grad_(False)  # type: ignore[attr-defined]
     use_bf16 = cfg.bf16 == "on" or (cfg.bf16 == "auto" and native_bf16())
-    steps_per_epoch = math.ceil(len(lengths) / batch_size)
-    total = max(1, math.ceil(steps_per_epoch * epochs))
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
+    total = _total_steps(epoch_size or len(lengths), epochs, batch_size, cfg)
     enc_lr = cfg.encoder_learning_rate or cfg.learning_rate
     encoder_params = [p for p in model.encoder.parameters() if p.requires_grad]  # type: ignore[attr-defined]
     enc_ids = {id(p) for p in model.encoder.parameters()}  # type: ignore[attr-defined]
@@ -249,7 +254,7 @@ def _pair_batch(
 
 
 def train_tagger(
-    examples: list[TaggerExample], encoder_src: str, cfg: TrainConfig, pad: int
+    examples: list[TaggerExample], encoder_src: str, cfg: TrainConfig, pad: int, epoch_size: int | None = None
 ) -> tuple[JointTagger, list[float]]:
     with_pairs = cfg.relation_head == "span_pair"
     model = JointTagger(
@@ -278,12 +283,12 @@ def train_tagger(
 
     lengths = [len(e.ids) for e in examples]
     desc = "train tagger + relations" if with_pairs else "train tagger"
-    losses = _fit(model, lengths, loss_of, cfg.tagger_epochs, cfg.batch_size, cfg, desc)
+    losses = _fit(model, lengths, loss_of, cfg.tagger_epochs, cfg.batch_size, cfg, desc, epoch_size)
     return model, losses
 
 
 def train_relation(
-    examples: list[RelationExample], encoder_src: str, cfg: TrainConfig, pad: int
+    examples: list[RelationExample], encoder_src: str, cfg: TrainConfig, pad: int, epoch_size: int | None = None
 ) -> tuple[RelationClassifier, list[float]]:
     model = RelationClassifier(load_encoder(encoder_src))
     ce = torch.nn.CrossEntropyLoss()
@@ -298,7 +303,9 @@ def train_relation(
         return ce(logits.float(), labels)
 
     lengths = [len(e.ids) for e in examples]
-    losses = _fit(model, lengths, loss_of, cfg.relation_epochs, cfg.relation_batch_size, cfg, "train relations")
+    losses = _fit(
+        model, lengths, loss_of, cfg.relation_epochs, cfg.relation_batch_size, cfg, "train relations", epoch_size
+    )
     return model, losses
 
 
@@ -340,6 +347,7 @@ class _TrainedModels:
     relation_candidates_too_far_apart: int
     tagger_losses: list[float]
     relation_losses: list[float]
+    tagger_steps: int
 
     def card_section(self, seconds: float) -> dict[str, object]:
         """The model card's `training` section."""
@@ -351,6 +359,7 @@ class _TrainedModels:
             "relation_candidates": self.relation_candidates,
             "relation_positive": self.relation_positive,
             "relation_candidates_too_far_apart": self.relation_candidates_too_far_apart,
+            "tagger_steps": self.tagger_steps,
             "tagger_epoch_loss": [round(x, 4) for x in self.tagger_losses],
             "relation_epoch_loss": [round(x, 4) for x in self.relation_losses],
             "seconds": round(seconds, 1),
@@ -381,13 +390,33 @@ def _read_split(cfg: TrainConfig) -> _Split:
     return _Split(docs=docs, train=train_docs, dev=dev_docs, data_hash=data_hash)
 
 
-def _train_models(cfg: TrainConfig, encoder_src: str, train_docs: Sequence[Document], staging: Path) -> _TrainedModels:
+def _step_docs(cfg: TrainConfig, split: _Split) -> list[Document] | None:
+    """The train split's notes when a `split: all` model takes its held-out model's step count."""
+    if cfg.split != "all" or not cfg.steps_of_train_split:
+        return None
+    if cfg.dev_size >= len(split.docs):
+        raise ValueError(f"steps_of_train_split: dev_size {cfg.dev_size} leaves no train split of {len(split.docs)}")
+    return split_corpus(split.docs, cfg.dev_size, cfg.seed)[0]
+
+
+def _train_models(
+    cfg: TrainConfig,
+    encoder_src: str,
+    train_docs: Sequence[Document],
+    staging: Path,
+    step_docs: Sequence[Document] | None = None,
+) -> _TrainedModels:
     """Save the tokenizer into `staging`, then train the tagger (with its span-pair relation head)
-    or, with `relation_head="markers"`, the tagger and the relation classifier."""
+    or, with `relation_head="markers"`, the tagger and the relation classifier. `step_docs`: the
+    notes whose examples an epoch counts (steps_of_train_split), default `train_docs`."""
     tok = _tokenizer_from(encoder_src)
     special = F.SpecialIds.of(tok)
     tok.save(str(staging / "tokenizer.json"))
     tag_ex, collisions, pair_counts = tagger_examples(train_docs, tok, cfg, special)
+    tag_epoch = len(tagger_examples(step_docs, tok, cfg, special)[0]) if step_docs is not None else None
+    if tag_epoch is not None:
+        log.info("tagger: an epoch counts the %d windows of the train split's %d notes", tag_epoch, len(step_docs))
+    tagger_steps = _total_steps(tag_epoch or len(tag_ex), cfg.tagger_epochs, cfg.batch_size, cfg)
     log.info(
         "tagger: %d windows from %d notes (%d overlapping spans dropped)", len(tag_ex), len(train_docs), collisions
     )
@@ -399,7 +428,7 @@ def _train_models(cfg: TrainConfig, encoder_src: str, train_docs: Sequence[Docum
             pair_counts.positive,
             pair_counts.outside,
         )
-        tagger, tagger_losses = train_tagger(tag_ex, encoder_src, cfg, special.pad)
+        tagger, tagger_losses = train_tagger(tag_ex, encoder_src, cfg, special.pad, tag_epoch)
         return _TrainedModels(
             tagger=tagger,
             relation=None,
@@ -411,9 +440,11 @@ def _train_models(cfg: TrainConfig, encoder_src: str, train_docs: Sequence[Docum
             relation_candidates_too_far_apart=pair_counts.outside,
             tagger_losses=tagger_losses,
             relation_losses=[],
+            tagger_steps=tagger_steps,
         )
-    tagger, tagger_losses = train_tagger(tag_ex, encoder_src, cfg, special.pad)
+    tagger, tagger_losses = train_tagger(tag_ex, encoder_src, cfg, special.pad, tag_epoch)
     rel_ex, rel_skipped = relation_examples(train_docs, tok, cfg, special)
+    rel_epoch = len(relation_examples(step_docs, tok, cfg, special)[0]) if step_docs is not None else None
     n_pairs = sum(len(e.labels) for e in rel_ex)
     n_pos = sum(sum(e.labels) for e in rel_ex)
     log.info(
@@ -423,7 +454,7 @@ def _train_models(cfg: TrainConfig, encoder_src: str, train_docs: Sequence[Docum
         n_pos,
         rel_skipped,
     )
-    relation, relation_losses = train_relation(rel_ex, encoder_src, cfg, special.pad)
+    relation, relation_losses = train_relation(rel_ex, encoder_src, cfg, special.pad, rel_epoch)
     return _TrainedModels(
         tagger=tagger,
         relation=relation,
@@ -435,6 +466,7 @@ def _train_models(cfg: TrainConfig, encoder_src: str, train_docs: Sequence[Docum
         relation_candidates_too_far_apart=rel_skipped,
         tagger_losses=tagger_losses,
         relation_losses=relation_losses,
+        tagger_steps=tagger_steps,
     )
 
 
@@ -527,7 +559,7 @@ def train(cfg: TrainConfig) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
 
-    models = _train_models(cfg, encoder_src, split.train, staging)
+    models = _train_models(cfg, encoder_src, split.train, staging, _step_docs(cfg, split))
     manifest = _manifest(cfg, split.data_hash, models.tagger.encoder.config.hidden_size)
     (staging / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
     if cfg.keep_pytorch:
