@@ -187,19 +187,17 @@ def _fit(
     model: torch.nn.Module,
     lengths: Sequence[int],
     loss_of: Callable[[list[int]], torch.Tensor],
-    epochs: float,
+    total: int,
     batch_size: int,
     cfg: TrainConfig,
     desc: str,
-    epoch_size: int | None = None,
 ) -> list[float]:
-    """AdamW with linear warm-up and decay; returns the mean loss of each epoch. The step count is
-    `epochs` passes of `epoch_size` examples (default: all of `lengths`; see steps_of_train_split)."""
+    """AdamW with linear warm-up and decay over `total` steps (`_total_steps`); returns the mean
+    loss of each pass over `lengths`."""
     rng = random.Random(cfg.seed)
     if cfg.freeze_word_embeddings:
         model.encoder.get_input_embeddings().weight.requires_grad_(False)  # type: ignore[attr-defined]
     use_bf16 = cfg.bf16 == "on" or (cfg.bf16 == "auto" and native_bf16())
-    total = _total_steps(epoch_size or len(lengths), epochs, batch_size, cfg)
     enc_lr = cfg.encoder_learning_rate or cfg.learning_rate
     encoder_params = [p for p in model.encoder.parameters() if p.requires_grad]  # type: ignore[attr-defined]
     enc_ids = {id(p) for p in model.encoder.parameters()}  # type: ignore[attr-defined]
@@ -254,7 +252,7 @@ def _pair_batch(
 
 
 def train_tagger(
-    examples: list[TaggerExample], encoder_src: str, cfg: TrainConfig, pad: int, epoch_size: int | None = None
+    examples: list[TaggerExample], encoder_src: str, cfg: TrainConfig, pad: int, steps: int
 ) -> tuple[JointTagger, list[float]]:
     with_pairs = cfg.relation_head == "span_pair"
     model = JointTagger(
@@ -283,12 +281,12 @@ def train_tagger(
 
     lengths = [len(e.ids) for e in examples]
     desc = "train tagger + relations" if with_pairs else "train tagger"
-    losses = _fit(model, lengths, loss_of, cfg.tagger_epochs, cfg.batch_size, cfg, desc, epoch_size)
+    losses = _fit(model, lengths, loss_of, steps, cfg.batch_size, cfg, desc)
     return model, losses
 
 
 def train_relation(
-    examples: list[RelationExample], encoder_src: str, cfg: TrainConfig, pad: int, epoch_size: int | None = None
+    examples: list[RelationExample], encoder_src: str, cfg: TrainConfig, pad: int, steps: int
 ) -> tuple[RelationClassifier, list[float]]:
     model = RelationClassifier(load_encoder(encoder_src))
     ce = torch.nn.CrossEntropyLoss()
@@ -303,9 +301,7 @@ def train_relation(
         return ce(logits.float(), labels)
 
     lengths = [len(e.ids) for e in examples]
-    losses = _fit(
-        model, lengths, loss_of, cfg.relation_epochs, cfg.relation_batch_size, cfg, "train relations", epoch_size
-    )
+    losses = _fit(model, lengths, loss_of, steps, cfg.relation_batch_size, cfg, "train relations")
     return model, losses
 
 
@@ -384,19 +380,22 @@ def _read_split(cfg: TrainConfig) -> _Split:
     if cfg.split == "all":
         train_docs, dev_docs = list(docs), []
     else:
-        if cfg.dev_size >= len(docs):
-            raise ValueError(f"dev_size {cfg.dev_size} leaves no training notes out of {len(docs)}")
-        train_docs, dev_docs = split_corpus(docs, cfg.dev_size, cfg.seed)
+        train_docs, dev_docs = _train_dev(docs, cfg)
     return _Split(docs=docs, train=train_docs, dev=dev_docs, data_hash=data_hash)
+
+
+def _train_dev(docs: Sequence[Document], cfg: TrainConfig) -> tuple[list[Document], list[Document]]:
+    """The train/dev split of `docs` (`dev_size` notes held out, by `seed`)."""
+    if cfg.dev_size >= len(docs):
+        raise ValueError(f"dev_size {cfg.dev_size} leaves no training notes out of {len(docs)}")
+    return split_corpus(docs, cfg.dev_size, cfg.seed)
 
 
 def _step_docs(cfg: TrainConfig, split: _Split) -> list[Document] | None:
     """The train split's notes when a `split: all` model takes its held-out model's step count."""
     if cfg.split != "all" or not cfg.steps_of_train_split:
         return None
-    if cfg.dev_size >= len(split.docs):
-        raise ValueError(f"steps_of_train_split: dev_size {cfg.dev_size} leaves no train split of {len(split.docs)}")
-    return split_corpus(split.docs, cfg.dev_size, cfg.seed)[0]
+    return _train_dev(split.docs, cfg)[0]
 
 
 def _train_models(
@@ -413,10 +412,10 @@ def _train_models(
     special = F.SpecialIds.of(tok)
     tok.save(str(staging / "tokenizer.json"))
     tag_ex, collisions, pair_counts = tagger_examples(train_docs, tok, cfg, special)
-    tag_epoch = len(tagger_examples(step_docs, tok, cfg, special)[0]) if step_docs is not None else None
-    if tag_epoch is not None:
+    tag_epoch = len(tag_ex) if step_docs is None else len(tagger_examples(step_docs, tok, cfg, special)[0])
+    if step_docs is not None:
         log.info("tagger: an epoch counts the %d windows of the train split's %d notes", tag_epoch, len(step_docs))
-    tagger_steps = _total_steps(tag_epoch or len(tag_ex), cfg.tagger_epochs, cfg.batch_size, cfg)
+    tagger_steps = _total_steps(tag_epoch, cfg.tagger_epochs, cfg.batch_size, cfg)
     log.info(
         "tagger: %d windows from %d notes (%d overlapping spans dropped)", len(tag_ex), len(train_docs), collisions
     )
@@ -428,7 +427,7 @@ def _train_models(
             pair_counts.positive,
             pair_counts.outside,
         )
-        tagger, tagger_losses = train_tagger(tag_ex, encoder_src, cfg, special.pad, tag_epoch)
+        tagger, tagger_losses = train_tagger(tag_ex, encoder_src, cfg, special.pad, tagger_steps)
         return _TrainedModels(
             tagger=tagger,
             relation=None,
@@ -442,9 +441,9 @@ def _train_models(
             relation_losses=[],
             tagger_steps=tagger_steps,
         )
-    tagger, tagger_losses = train_tagger(tag_ex, encoder_src, cfg, special.pad, tag_epoch)
+    tagger, tagger_losses = train_tagger(tag_ex, encoder_src, cfg, special.pad, tagger_steps)
     rel_ex, rel_skipped = relation_examples(train_docs, tok, cfg, special)
-    rel_epoch = len(relation_examples(step_docs, tok, cfg, special)[0]) if step_docs is not None else None
+    rel_epoch = len(rel_ex) if step_docs is None else len(relation_examples(step_docs, tok, cfg, special)[0])
     n_pairs = sum(len(e.labels) for e in rel_ex)
     n_pos = sum(sum(e.labels) for e in rel_ex)
     log.info(
@@ -454,7 +453,8 @@ def _train_models(
         n_pos,
         rel_skipped,
     )
-    relation, relation_losses = train_relation(rel_ex, encoder_src, cfg, special.pad, rel_epoch)
+    relation_steps = _total_steps(rel_epoch, cfg.relation_epochs, cfg.relation_batch_size, cfg)
+    relation, relation_losses = train_relation(rel_ex, encoder_src, cfg, special.pad, relation_steps)
     return _TrainedModels(
         tagger=tagger,
         relation=relation,
@@ -507,9 +507,12 @@ def _calibration_summary(
         cal = calibrate_model(staging, dev_docs, f"dev split of {cfg.data_dir}", update_card=False)
         return card_summary(cal), None
     recipe = load_recipe()
-    why = "no measured recipe (deployments/fast_tier/default_recipe.json)" if recipe is None else None
-    why = why or recipe.mismatch(cfg, data_hash)  # type: ignore[union-attr]  # recipe is set when why is None
-    if why is None and recipe is not None:
+    why = (
+        "no measured recipe (deployments/fast_tier/default_recipe.json)"
+        if recipe is None
+        else recipe.mismatch(cfg, data_hash)
+    )
+    if recipe is not None and why is None:
         cal = recipe.calibration_for(model_tag)
         cal.save(staging / CALIBRATION_FILE)
         summary = card_summary(cal)
