@@ -251,16 +251,25 @@ class FastTierEngine:
         return analyses
 
     def _tag_windows(self, encoded: list[F.EncodedNote], progress: bool, states: bool = False) -> _TagOutputs:
-        """The tagger over every window of every note, batched across notes (windows sorted by
-        length, so padding stays small); each window's own tokens written back to its note
-        (`states`: their token states too, for the span-pair relation head)."""
+        """The tagger over every window of every note, each note's windows batched together and
+        never with another note's (sorted by length, so padding stays small); each window's own
+        tokens written back to its note (`states`: their token states too, for the span-pair
+        relation head).
+
+        Never across notes: the int8 graph quantizes its activations with one scale per batch
+        (ONNX Runtime's dynamic quantization), so a window batched with other notes' windows gets
+        tags that depend on them — in serving, on whatever else arrived in the same few
+        milliseconds. On the 20 dev notes, all 20 got different spans alone and batched together;
+        batched per note, a note's answer is the same however it is sent (tests hold it)."""
         m = self.manifest
         out = _TagOutputs.empty(encoded, len(m.entity_tags), len(m.modifier_tags), m.hidden_size, states)
-        jobs = [(n, w) for n, enc in enumerate(encoded) for w in range(len(enc.windows))]
-        jobs.sort(key=lambda j: encoded[j[0]].windows[j[1]].end - encoded[j[0]].windows[j[1]].start)
-        bar = tqdm(total=len(jobs), desc="tag windows", unit="win", disable=not progress)
-        for b in range(0, len(jobs), self.cfg.batch_size):
-            batch = jobs[b : b + self.cfg.batch_size]
+        size = self.cfg.batch_size
+        batches: list[list[tuple[int, int]]] = []
+        for n, enc in enumerate(encoded):
+            order = sorted(range(len(enc.windows)), key=lambda w: enc.windows[w].end - enc.windows[w].start)
+            batches += [[(n, w) for w in order[b : b + size]] for b in range(0, len(order), size)]
+        bar = tqdm(total=sum(map(len, batches)), desc="tag windows", unit="win", disable=not progress)
+        for batch in batches:
             seqs = [F.window_inputs(encoded[n], encoded[n].windows[w], self.special) for n, w in batch]
             ids, mask = F.pad_batch(seqs, self.special.pad)
             ent, mod, pooled, e_lse, m_lse, hidden = self.run_tagger(ids, mask)
@@ -277,9 +286,9 @@ class FastTierEngine:
                     out.mod_lse[n][own] = m_lse[row, lo:hi]
                 if out.states is not None and hidden is not None:
                     out.states[n][own] = hidden[row, lo:hi]
-                size = win.end - win.start
-                out.emb_sum[n] += pooled[row] * size
-                out.emb_weight[n] += size
+                width = win.end - win.start
+                out.emb_sum[n] += pooled[row] * width
+                out.emb_weight[n] += width
             bar.update(len(batch))
         bar.close()
         return out

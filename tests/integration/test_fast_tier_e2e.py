@@ -163,6 +163,26 @@ def test_long_note_is_windowed_not_truncated(engine: FastTierEngine, train_dir: 
     assert any(e.start >= last_copy for e in long.entities)
 
 
+def test_a_notes_answer_does_not_depend_on_the_notes_sent_with_it(engine: FastTierEngine, train_dir: Path):
+    """The int8 graph quantizes activations with one scale per batch, so windows of different
+    notes are never batched together: a note answers the same alone, with others (the CLI over a
+    folder, a replica's `@serve.batch`) and in another order, to the last digit of each confidence."""
+    assert engine.cfg.precision == "int8"
+    docs = read_corpus(train_dir)[:5]
+    notes = [(d.name, d.text) for d in docs]
+    texts = dict(notes)
+
+    def answer(result: NoteResult | NoteError) -> dict:
+        assert isinstance(result, NoteResult) and result.note_id is not None
+        return _check(result, texts[result.note_id]).model_dump(exclude={"timings_ms"})
+
+    alone = [answer(engine.extract([n])[0]) for n in notes]
+    together = [answer(r) for r in engine.extract(notes)]
+    reverse = [answer(r) for r in engine.extract(notes[::-1])][::-1]
+    assert alone == together == reverse
+    assert any(a["entities"] for a in alone)
+
+
 def test_non_utf8_file_and_mixed_batch_via_cli(model_dir: Path, tmp_path: Path):
     notes = tmp_path / "notes"
     notes.mkdir()
@@ -208,6 +228,20 @@ def _ops(path: Path) -> set[str]:
     return {n.op_type for n in onnx.load(str(path)).graph.node}
 
 
+def _widest_int8_weight(path: Path) -> int:
+    """The largest |value| among a graph's int8 initializers (8-bit weights reach 127, 7-bit 64)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    return max(
+        int(abs(numpy_helper.to_array(i).astype(np.int32)).max(initial=0))
+        for i in graph.initializer
+        if i.data_type == onnx.TensorProto.INT8
+    )
+
+
 def test_graphs_use_eager_attention_and_older_exports_are_upgraded(
     model_dir: Path, engine: FastTierEngine, train_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -217,7 +251,7 @@ def test_graphs_use_eager_attention_and_older_exports_are_upgraded(
     import shutil
 
     from deployments.fast_tier import default
-    from deployments.fast_tier.config import ModelManifest
+    from deployments.fast_tier.config import QUANT_RECIPE, ModelManifest
     from deployments.fast_tier.training import export
 
     def manifest(d: Path) -> ModelManifest:
@@ -228,9 +262,15 @@ def test_graphs_use_eager_attention_and_older_exports_are_upgraded(
 
     old = tmp_path / "model"
     shutil.copytree(model_dir, old)
-    monkeypatch.setattr(export, "GRAPH_ATTENTION", "sdpa")  # what an earlier version exported
+    # what an earlier version exported: SDPA attention, 8-bit int8 weights (quantization recipe v2)
+    full_range = export.QuantOptions(reduce_range=False)
+    real_quantize = export.quantize
+    monkeypatch.setattr(export, "GRAPH_ATTENTION", "sdpa")
+    monkeypatch.setattr(export, "QUANT_RECIPE", "dynamic-qint8-per-channel-first-layer-fp32-v2")
+    monkeypatch.setattr(export, "quantize", lambda src, dst: real_quantize(src, dst, full_range))
     export.reexport(old)
     assert manifest(old).graph_attention == "sdpa" and "IsNaN" in _ops(old / "tagger.int8.onnx")
+    assert _widest_int8_weight(old / "tagger.int8.onnx") == 127
     monkeypatch.undo()
 
     # also without the OOD statistics and the calibration a still older version did not write
@@ -238,6 +278,7 @@ def test_graphs_use_eager_attention_and_older_exports_are_upgraded(
         (old / name).unlink()
     default.upgrade_model(old, train_dir)
     assert manifest(old).graph_attention == "eager" and "IsNaN" not in _ops(old / "tagger.int8.onnx")
+    assert manifest(old).quantization == QUANT_RECIPE and _widest_int8_weight(old / "tagger.int8.onnx") <= 64
     assert (old / "ood_stats.npz").is_file() and (old / "confidence_calibration.json").is_file()
     assert manifest(old).tag == manifest(model_dir).tag  # no weight changed
     assert not (old / ".reexport").exists()  # written aside, moved in, cleaned up
@@ -299,6 +340,23 @@ def test_a_model_trained_on_every_note_serves_its_recipes_measurement(
     summary = _model_summary(every)
     assert summary["recipe_dev_scores"] == recipe.dev_scores_int8 and "dev_scores" not in summary
     assert held_card["model"] in summary["recipe_measured_on"]
+
+    # the int8 export changes (a model of the old quantization recipe) and the recipe is measured
+    # again: re-exported once on first use, the model takes the new measurement's scores and maps
+    from deployments.fast_tier import default
+    from deployments.fast_tier.config import QUANT_RECIPE, ModelManifest
+
+    remeasured = recipe.model_copy(update={"dev_scores_int8": {k: v / 2 for k, v in recipe.dev_scores_int8.items()}})
+    recipe_file.write_text(remeasured.model_dump_json())
+    manifest_file = every / "fast_tier.json"
+    old_manifest = ModelManifest.model_validate_json(manifest_file.read_text())
+    manifest_file.write_text(old_manifest.model_copy(update={"quantization": "an-older-recipe"}).model_dump_json())
+    default.upgrade_model(every, train_dir)
+    assert ModelManifest.model_validate_json(manifest_file.read_text()).quantization == QUANT_RECIPE
+    card = json.loads((every / "model_card.json").read_text())
+    assert card["recipe"]["dev_scores_int8"] == remeasured.dev_scores_int8
+    assert card["confidence_calibration"]["transferred_from"] == held_card["model"]
+    assert ConfidenceCalibration.for_model(every, card["model"]) is not None
 
     # another seed is another recipe: nothing transferred, and the card says why
     other_card = json.loads((other / "model_card.json").read_text())
