@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from clinie.brat import Document, GoldSpan
@@ -160,6 +161,73 @@ def score_documents(gold_docs: Iterable[Document], pred_docs: dict[str, Document
                     label = f"{gold_label[ge]}:{gold_label[gm]}"
                     scores.add(mode, "relations", label, fn=left)
     return scores
+
+
+class F1Change(BaseModel):
+    """F1 of system B minus F1 of system A on the same notes, in points, with a paired bootstrap
+    interval over the notes."""
+
+    mode: Mode = Field(description="Span match mode.")
+    group: str = Field(description="entities, modifiers or relations.")
+    points: float = Field(description="F1(B) - F1(A) on all the notes, in F1 points (x100).")
+    low: float = Field(description="Lower end of the interval, points.")
+    high: float = Field(description="Upper end of the interval, points.")
+    level: float = Field(gt=0, lt=1, description="Coverage of the interval (percentile bootstrap).")
+    notes: int = Field(ge=1, description="Notes scored (the resampling unit).")
+    resamples: int = Field(ge=1, description="Bootstrap resamples.")
+
+
+def _note_counts(gold_docs: Sequence[Document], preds: dict[str, Document], mode: Mode, group: str) -> np.ndarray:
+    """(notes, 3): tp, fp, fn of each note on its own."""
+    rows = []
+    for d in gold_docs:
+        prf = score_documents([d], preds).overall.get(mode, {}).get(group, PRF())
+        rows.append((prf.tp, prf.fp, prf.fn))
+    return np.array(rows, dtype=np.float64).reshape(len(rows), 3)
+
+
+def _micro_f1(counts: np.ndarray) -> np.ndarray:
+    """Micro F1 from summed (..., 3) tp/fp/fn counts (0 where there is nothing to score)."""
+    tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
+    denom = 2 * tp + fp + fn
+    return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+
+
+def f1_change(
+    gold_docs: Iterable[Document],
+    pred_a: dict[str, Document],
+    pred_b: dict[str, Document],
+    mode: Mode,
+    group: str,
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> F1Change:
+    """How F1 moves from A to B, and how far that move is from noise on this many notes.
+
+    The notes are resampled with replacement and both systems are scored on each resample
+    (paired: a note that is hard for A is hard for B too), micro-F1 as `score_documents`
+    computes it. On 20 dev notes a quantized model's F1 moves by a few tenths of a point from
+    one build to the next; the interval says whether a move is larger than the notes can
+    resolve."""
+    docs = list(gold_docs)
+    if not docs:
+        raise ValueError("no notes to compare on")
+    a, b = _note_counts(docs, pred_a, mode, group), _note_counts(docs, pred_b, mode, group)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(docs), size=(resamples, len(docs)))
+    diffs = 100 * (_micro_f1(b[idx].sum(axis=1)) - _micro_f1(a[idx].sum(axis=1)))
+    tail = (1 - level) / 2
+    return F1Change(
+        mode=mode,
+        group=group,
+        points=round(float(100 * (_micro_f1(b.sum(axis=0)) - _micro_f1(a.sum(axis=0)))), 2),
+        low=round(float(np.quantile(diffs, tail)), 2),
+        high=round(float(np.quantile(diffs, 1 - tail)), 2),
+        level=level,
+        notes=len(docs),
+        resamples=resamples,
+    )
 
 
 def format_table(report: dict[str, object]) -> str:

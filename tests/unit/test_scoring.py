@@ -3,7 +3,7 @@
 import pytest
 
 from clinie.brat import Document, GoldRelation, GoldSpan
-from clinie.scoring import match_spans, score_documents
+from clinie.scoring import f1_change, match_spans, score_documents
 
 TEXT = "x" * 100
 
@@ -70,3 +70,36 @@ def test_duplicate_predictions_are_false_positives():
     pred = doc([S("A", "drug", 0, 5), S("B", "drug", 0, 5)])
     ent = score_documents([gold], {"d": pred}).as_dict()["strict"]["entities"]["overall"]
     assert (ent["tp"], ent["fp"], ent["fn"]) == (1, 1, 0)
+
+
+def _named(name, spans):
+    return Document(name=name, text=TEXT, spans=list(spans))
+
+
+def test_f1_change_is_zero_with_a_zero_interval_for_the_same_predictions():
+    gold = [_named(f"n{i}", [S("T1", "problem", 0, 5), S("T2", "drug", 10, 15)]) for i in range(6)]
+    pred = {f"n{i}": _named(f"n{i}", [S("T1", "problem", 0, 5)]) for i in range(6)}
+    change = f1_change(gold, pred, pred, "strict", "entities", resamples=200)
+    assert (change.points, change.low, change.high, change.notes) == (0.0, 0.0, 0.0, 6)
+
+
+def test_f1_change_measures_b_against_a_and_its_interval_brackets_it():
+    gold = [_named(f"n{i}", [S("T1", "problem", 0, 5), S("T2", "drug", 10, 15)]) for i in range(10)]
+    # A finds one of two entities in every note (F1 2/3); B finds both in half the notes and one in the rest
+    a = {f"n{i}": _named(f"n{i}", [S("T1", "problem", 0, 5)]) for i in range(10)}
+    b = {
+        f"n{i}": _named(f"n{i}", [S("T1", "problem", 0, 5)] + ([S("T2", "drug", 10, 15)] if i % 2 else []))
+        for i in range(10)
+    }
+    change = f1_change(gold, a, b, "strict", "entities", resamples=500)
+    expected = 100 * (2 * 15 / (2 * 15 + 0 + 5) - 2 * 10 / (2 * 10 + 0 + 10))
+    assert change.points == pytest.approx(expected, abs=0.01)
+    assert 0 < change.low <= change.points <= change.high
+    # paired: B never does worse than A on a note, so no resample can show B behind
+    reverse = f1_change(gold, b, a, "strict", "entities", resamples=500)
+    assert reverse.points == pytest.approx(-expected, abs=0.01) and reverse.high < 0
+
+
+def test_f1_change_needs_notes():
+    with pytest.raises(ValueError, match="no notes"):
+        f1_change([], {}, {}, "strict", "entities")
