@@ -9,9 +9,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MANIFEST_NAME = "fast_tier.json"
-# How the int8 files are made (export.quantize). Part of the default model's cache key, so a new
-# recipe rebuilds cached models instead of serving stale ones.
-QUANT_RECIPE = "dynamic-qint8-per-channel-first-layer-fp32-v2"
+# How the int8 files are made (export.quantize with QuantOptions' defaults). A default model whose
+# int8 files were made otherwise is re-exported once from its saved weights (default.upgrade_model),
+# without retraining. v3: 7-bit weights (README, "How the fast tier works": on CPUs without VNNI the
+# 8-bit u8s8 kernel's 16-bit sums can saturate).
+QUANT_RECIPE = "dynamic-qint8-per-channel-7bit-first-layer-fp32-v3"
 # How attention is written into the exported graphs (export.py says why "eager"). Not part of the
 # default model's cache key: a model exported otherwise is re-exported from its saved weights once
 # (default.upgrade_model), without retraining.

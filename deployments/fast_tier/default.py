@@ -59,6 +59,13 @@ def default_train_config(
     )
 
 
+# Up to quantization recipe v2 the recipe was part of the cache key below, so a new recipe trained
+# the default model again; now a model with older int8 files is re-exported from its saved weights
+# instead (`_export_outdated`: seconds, not minutes), and the key keeps the v2 text so that models
+# cached before are found rather than trained again.
+_KEY_QUANT = "dynamic-qint8-per-channel-first-layer-fp32-v2"
+
+
 def default_model_dir(data_dir: Path | None = None, split: Split = "all") -> Path:
     """Where the default model (or, `split="train"`, its held-out model) for the current config,
     data and version lives (built or not)."""
@@ -72,7 +79,7 @@ def default_model_dir(data_dir: Path | None = None, split: Split = "all") -> Pat
         cfg.model_dump_json(exclude={"output_dir", "data_dir"}),
         corpus_hash(read_corpus(cfg.data_dir)),
         clinie.__version__,
-        QUANT_RECIPE,
+        _KEY_QUANT,
     ]
     key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
     return models_home() / f"default-{key}"
@@ -106,9 +113,14 @@ def ensure_default_model(data_dir: Path | None = None, split: Split = "all") -> 
 
 
 def _export_outdated(manifest: ModelManifest) -> bool:
-    """Whether a model's ONNX files predate the current export: no energy outputs, or attention
-    exported another way (re-exporting changes no weight: the model's tag stays)."""
-    return not manifest.energy_outputs or manifest.graph_attention != GRAPH_ATTENTION
+    """Whether a model's ONNX files predate the current export: no energy outputs, attention
+    exported another way, or int8 files of another quantization recipe (re-exporting changes no
+    weight: the model's tag stays)."""
+    return (
+        not manifest.energy_outputs
+        or manifest.graph_attention != GRAPH_ATTENTION
+        or manifest.quantization != QUANT_RECIPE
+    )
 
 
 def _notes(folder: Path | None, names: Iterable[str]) -> list[Document]:
@@ -136,6 +148,30 @@ def _dev_notes_for_calibration(model_dir: Path, data_dir: Path | None) -> tuple[
     data = json.loads((model_dir / CARD_NAME).read_text()).get("data", {})
     folder = data_dir or (Path(data["dir"]) if data.get("dir") else None)
     return list(data.get("dev_notes", [])), folder if folder is not None and folder.is_dir() else None
+
+
+def _refresh_transferred_calibration(model_dir: Path) -> None:
+    """A model trained on every note is calibrated through the committed recipe (`transferred_from`):
+    after a re-export it takes the recipe's maps and scores as they are now, which were measured
+    again when the export changed. Other models are left as they are."""
+    from clinie.calibration import ConfidenceCalibration
+    from deployments.fast_tier.recipe import load_recipe
+
+    path = model_dir / CALIBRATION_FILE
+    recipe = load_recipe()
+    if recipe is None or not path.exists():
+        return
+    cal = ConfidenceCalibration.load(path)
+    if cal.transferred_from != recipe.model:
+        return
+    from deployments.fast_tier.training.calibrate import card_summary
+
+    fresh = recipe.calibration_for(cal.model)
+    fresh.save(path)
+    card = json.loads((model_dir / CARD_NAME).read_text())
+    card["confidence_calibration"] = {**card_summary(fresh), "transferred_from": recipe.model}
+    card["recipe"] = recipe.card_section()
+    (model_dir / CARD_NAME).write_text(json.dumps(card, indent=2))
 
 
 def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
@@ -170,6 +206,9 @@ def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
             log.warning("re-exporting %s from its saved weights with the current export recipe (once)", model_dir)
             reexport(model_dir)
             _rescore_card(model_dir, dev_docs)
+            # the calibration maps were fitted on the old int8 files' outputs
+            needs_cal = needs_cal or (bool(dev_docs) and (model_dir / CALIBRATION_FILE).exists())
+            _refresh_transferred_calibration(model_dir)
         if not (model_dir / OOD_FILE).exists() and (model_dir / CARD_NAME).exists():
             from deployments.fast_tier.training.train import fit_ood
 
@@ -178,7 +217,7 @@ def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
             if docs:
                 log.warning("fitting OOD statistics for %s on %d training notes (once)", model_dir, len(docs))
                 fit_ood(model_dir, docs)
-        if needs_cal and dev_docs and not (model_dir / CALIBRATION_FILE).exists():
+        if needs_cal and dev_docs:
             from deployments.fast_tier.training.calibrate import calibrate_model
 
             log.warning("fitting confidence calibration for %s on %d dev notes (once)", model_dir, len(dev_docs))

@@ -20,10 +20,12 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import onnx
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployments.fast_tier.config import (
     GRAPH_ATTENTION,
@@ -87,9 +89,45 @@ def _export(
     onnx.checker.check_model(str(path))
 
 
-def quantize(src: Path, dst: Path) -> None:
-    """Dynamic int8 weights (MatMul/Gemm), per output channel; activations quantized at run time;
-    the encoder's first layer stays fp32.
+class QuantOptions(BaseModel):
+    """How `quantize` makes an int8 graph. The defaults are the shipped recipe (`QUANT_RECIPE`);
+    the others are for `benchmarks.quantization`, which measures them against it on a machine."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weight_type: Literal["int8", "uint8"] = Field(
+        default="int8",
+        description="Weight integer type. int8 weights run ONNX Runtime's u8s8 kernels (VNNI where the CPU "
+        "has it; on AVX2 alone, an instruction whose 16-bit sums can saturate); uint8 runs u8u8, which cannot.",
+    )
+    per_channel: bool = Field(default=True, description="One weight scale per output channel (else per tensor).")
+    reduce_range: bool = Field(
+        default=True,
+        description="7-bit weights: the AVX2 u8s8 kernel's sums cannot saturate, at half the weight resolution.",
+    )
+    fp32_nodes: tuple[str, ...] = Field(
+        default=("/layer.0/",),
+        description="MatMul nodes whose name contains any of these stay fp32 (default: the encoder's first layer).",
+    )
+
+    @field_validator("fp32_nodes")
+    @classmethod
+    def _no_empty_pattern(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not p for p in v):
+            raise ValueError("an empty pattern would keep every MatMul in fp32")
+        return v
+
+
+def quantize(src: Path, dst: Path, options: QuantOptions | None = None) -> None:
+    """Dynamic int8 weights (MatMul/Gemm), per output channel, in 7 bits; activations quantized at
+    run time; the encoder's first layer stays fp32 (`QuantOptions` defaults).
+
+    7-bit weights: ONNX Runtime runs int8 weights with u8s8 kernels, which on a CPU without VNNI
+    (AVX2 alone, e.g. AMD EPYC before Zen 4) add pairs of u8 x s8 products in 16 bits; 8-bit
+    weights can overflow that sum, which saturates, and 7-bit weights cannot
+    (tests/unit/test_quantize.py holds the recipe to fp32 on a graph where 8-bit weights saturate
+    on such a CPU). VNNI kernels sum in 32 bits either way; per-channel scales keep the lost bit
+    cheap (README, "How the fast tier works", measures both).
 
     Per-channel scales cost nothing measurable in speed here and recovered about 1.4 points of
     strict entity F1 that per-tensor scales lost on the dev split. The first transformer layer is
@@ -98,14 +136,21 @@ def quantize(src: Path, dst: Path) -> None:
     about 4% of int8's speed. The classification heads made no difference either way. Fusing
     attention first with onnxruntime.transformers (possible once the encoder is exported with
     eager attention) made int8 slower on this CPU, so the graph is quantized unfused.
+    `benchmarks.quantization` measures the alternatives on the machine it runs on.
     """
-    first_layer = [n.name for n in onnx.load(str(src)).graph.node if n.op_type == "MatMul" and "/layer.0/" in n.name]
+    opts = options or QuantOptions()
+    keep = [
+        n.name
+        for n in onnx.load(str(src)).graph.node
+        if n.op_type == "MatMul" and any(p in n.name for p in opts.fp32_nodes)
+    ]
     quantize_dynamic(
         str(src),
         str(dst),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        nodes_to_exclude=first_layer,
+        weight_type=QuantType.QInt8 if opts.weight_type == "int8" else QuantType.QUInt8,
+        per_channel=opts.per_channel,
+        reduce_range=opts.reduce_range,
+        nodes_to_exclude=keep,
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
 
