@@ -1,5 +1,7 @@
 """The fast tier as a Ray Serve deployment: one ONNX Runtime engine per replica, requests from
-concurrent callers grouped by `@serve.batch` so one model call serves several notes.
+concurrent callers grouped by `@serve.batch` so one engine call (one hop to the worker thread)
+serves several notes. Inside it each note's windows run in batches of their own: a note's answer
+never depends on what else arrived with it (FastTierEngine._tag_windows says why).
 
 Answers are compact analyses (`NoteAnalysis.compact`): the router's per-token evidence instead
 of the probability matrices, so a typical one travels inline in Ray's reply.
