@@ -167,18 +167,25 @@ def unlabeled_notes(n: int) -> list[tuple[str, str]]:
     return out
 
 
+def answers(engine: FastTierEngine, notes: list[tuple[str, str]]) -> dict[str, Document]:
+    """`engine`'s answer to each note, sent one at a time (the serving case), as documents by id."""
+    out = {}
+    for nid, text in notes:
+        (r,) = engine.extract([(nid, text)])
+        assert isinstance(r, NoteResult)
+        out[nid] = document_from_result(nid, text, r)
+    return out
+
+
 def int8_agreement(fp32: FastTierEngine, int8: FastTierEngine, notes: list[tuple[str, str]]) -> dict[str, Any]:
     """int8's answers scored against ONNX fp32's as if fp32's were gold, on unannotated notes:
     what quantizing changes in the output, without the noise of 20 gold notes. 1.0 is the same
     answer on every note; the F1s say how much of the output moved, not whether it got worse."""
-    ref, got = {}, {}
-    for nid, text in notes:
-        (r32,) = fp32.extract([(nid, text)])
-        (r8,) = int8.extract([(nid, text)])
-        assert isinstance(r32, NoteResult) and isinstance(r8, NoteResult)
-        ref[nid] = document_from_result(nid, text, r32)
-        got[nid] = document_from_result(nid, text, r8)
-    return {"notes": len(notes), "f1_against_fp32": headline_f1(score_documents(list(ref.values()), got))}
+    ref = answers(fp32, notes)
+    return {
+        "notes": len(notes),
+        "f1_against_fp32": headline_f1(score_documents(list(ref.values()), answers(int8, notes))),
+    }
 
 
 def variants(model_dir: Path, threads: int) -> dict[str, Callable[[], FastTierEngine]]:

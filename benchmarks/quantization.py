@@ -28,10 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.fast_tier import UNLABELED, dev_documents, unlabeled_notes
+from benchmarks.fast_tier import CHANGE_GROUPS, UNLABELED, answers, dev_documents, unlabeled_notes
 from benchmarks.report import cpu_info, headline_f1, write_report
-from clinie.brat import Document, document_from_result
-from clinie.schema import NoteResult
+from clinie.brat import Document
 from clinie.scoring import f1_change, score_documents
 from deployments.fast_tier.config import TAGGER_FILES, EngineConfig
 from deployments.fast_tier.default import resolve_model_dir
@@ -48,15 +47,6 @@ VARIANTS: dict[str, QuantOptions] = {
     "layer0_attention_fp32": QuantOptions(fp32_nodes=(f"{LAYER0}attention/",)),
     "layer0_ffn_fp32": QuantOptions(fp32_nodes=(f"{LAYER0}intermediate/", f"{LAYER0}output/")),
 }
-
-
-def answers(engine: FastTierEngine, notes: list[tuple[str, str]]) -> dict[str, Document]:
-    out = {}
-    for nid, text in notes:
-        (r,) = engine.extract([(nid, text)])
-        assert isinstance(r, NoteResult)
-        out[nid] = document_from_result(nid, text, r)
-    return out
 
 
 def variant_dir(model_dir: Path, root: Path, name: str, options: QuantOptions) -> Path:
@@ -131,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"{mode}_{group}": f1_change(docs, preds["shipped"], preds[name], mode, group).model_dump(
                         include={"points", "low", "high"}
                     )
-                    for mode, group in (("strict", "entities"), ("relaxed", "entities"), ("relaxed", "relations"))
+                    for mode, group in CHANGE_GROUPS
                 }
             if unlabeled and name != "onnx_fp32":
                 row["f1_against_fp32_unlabeled"] = headline_f1(

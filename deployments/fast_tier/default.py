@@ -164,12 +164,10 @@ def _refresh_transferred_calibration(model_dir: Path) -> None:
     cal = ConfidenceCalibration.load(path)
     if cal.transferred_from != recipe.model:
         return
-    from deployments.fast_tier.training.calibrate import card_summary
+    from deployments.fast_tier.training.calibrate import transfer_calibration
 
-    fresh = recipe.calibration_for(cal.model)
-    fresh.save(path)
     card = json.loads((model_dir / CARD_NAME).read_text())
-    card["confidence_calibration"] = {**card_summary(fresh), "transferred_from": recipe.model}
+    card["confidence_calibration"] = transfer_calibration(recipe, model_dir, cal.model)
     card["recipe"] = recipe.card_section()
     (model_dir / CARD_NAME).write_text(json.dumps(card, indent=2))
 
@@ -207,7 +205,7 @@ def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
             reexport(model_dir)
             _rescore_card(model_dir, dev_docs)
             # the calibration maps were fitted on the old int8 files' outputs
-            needs_cal = needs_cal or (bool(dev_docs) and (model_dir / CALIBRATION_FILE).exists())
+            needs_cal = needs_cal or bool(dev_docs)
             _refresh_transferred_calibration(model_dir)
         if not (model_dir / OOD_FILE).exists() and (model_dir / CARD_NAME).exists():
             from deployments.fast_tier.training.train import fit_ood

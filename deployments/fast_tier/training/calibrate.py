@@ -20,6 +20,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,6 +38,9 @@ from clinie.calibration import (
     expected_calibration_error,
 )
 from deployments.fast_tier.config import CARD_NAME, EngineConfig
+
+if TYPE_CHECKING:
+    from deployments.fast_tier.recipe import Recipe
 
 log = logging.getLogger(__name__)
 # Platt (temperature scaling with a bias) by default: on the default model's 20 dev notes it
@@ -270,6 +274,14 @@ def card_summary(cal: ConfidenceCalibration | None, reason: str = "") -> dict[st
         "ece_held_out": {k: {"before": v.before, "after": v.after} for k, v in rep.held_out.items()},
         "skipped": rep.skipped,
     }
+
+
+def transfer_calibration(recipe: Recipe, model_dir: Path, model_tag: str) -> dict[str, object]:
+    """Write the recipe's maps into `model_dir` as `model_tag`'s (a model of the same recipe trained
+    on every note, which has no notes of its own to fit on); returns the model card's section."""
+    cal = recipe.calibration_for(model_tag)
+    cal.save(model_dir / CALIBRATION_FILE)
+    return {**card_summary(cal), "transferred_from": recipe.model}
 
 
 def calibrate_model(

@@ -23,7 +23,6 @@ import torch
 from tqdm.auto import tqdm
 
 from clinie.brat import Document, corpus_hash, read_corpus
-from clinie.calibration import CALIBRATION_FILE
 from clinie.ood import OOD_FILE, OODStats
 from clinie.split import split_corpus
 from clinie.windows import split_sentences
@@ -501,7 +500,7 @@ def _calibration_summary(
     the committed measurement of the same recipe on the train split, when it is this model's
     recipe and data (deployments/fast_tier/recipe.py); else uncalibrated, and the card says why."""
     from deployments.fast_tier.recipe import load_recipe
-    from deployments.fast_tier.training.calibrate import calibrate_model, card_summary
+    from deployments.fast_tier.training.calibrate import calibrate_model, card_summary, transfer_calibration
 
     if dev_docs:
         cal = calibrate_model(staging, dev_docs, f"dev split of {cfg.data_dir}", update_card=False)
@@ -513,11 +512,7 @@ def _calibration_summary(
         else recipe.mismatch(cfg, data_hash)
     )
     if recipe is not None and why is None:
-        cal = recipe.calibration_for(model_tag)
-        cal.save(staging / CALIBRATION_FILE)
-        summary = card_summary(cal)
-        summary["transferred_from"] = recipe.model
-        return summary, recipe.card_section()
+        return transfer_calibration(recipe, staging, model_tag), recipe.card_section()
     log.warning("split=all: the model stays uncalibrated (%s)", why)
     return card_summary(
         None,
