@@ -27,8 +27,11 @@ clients, and `machine` for all of them) and its answered notes/s at full capacit
 which FastTier ran at its max_replicas: the served throughput at saturation, set against the
 in-process baseline in `served_over_in_process_at_saturation`, and against one single-threaded
 pipeline per core in separate processes, what the replicas could do with the machine to
-themselves, in `served_over_one_engine_per_core_at_saturation`). Writes `load.json` (summaries,
-per-5-s timeline) and `load.png` (requests/s, p50/p95/p99, refusals and replicas over time) under
+themselves, in `served_over_one_engine_per_core_at_saturation`). HTTP scenarios also say where
+their 429s came from: `refused_429_by_ingress` (the Ingress's own /metrics; exact with one Ingress
+replica) and `refused_429_at_front_door` (the rest: Ray's proxy, from the Ingress's shed hints,
+serve_app/shedding.py). Writes `load.json` (summaries, per-5-s timeline, with the refusals over
+0.5 s per bucket) and `load.png` (requests/s, p50/p95/p99, refusals and replicas over time) under
 `--output-dir`.
 
     python -m benchmarks.load                       # local app, the README's scenarios
@@ -46,6 +49,7 @@ import queue
 import random
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -283,7 +287,8 @@ def cooldown(poller: ReplicaPoller | None, seconds: float) -> dict[str, Any]:
 
 
 def timeline(samples: list[Sample], replicas: list[dict[str, Any]], bucket_s: float = 5.0) -> list[dict[str, Any]]:
-    """Per bucket of answer time: answered/s, refused/s, latency percentiles, replicas then."""
+    """Per bucket of answer time: answered/s, refused/s, latency percentiles (answers; refusals'
+    p99 and how many took over 0.5 s), replicas then."""
     if not samples:
         return []
     end = max(s.done for s in samples)
@@ -292,6 +297,7 @@ def timeline(samples: list[Sample], replicas: list[dict[str, Any]], bucket_s: fl
         lo, hi = k * bucket_s, (k + 1) * bucket_s
         here = [s for s in samples if lo <= s.done < hi]
         ok = [s.ms for s in here if s.status == 200]
+        refused = [s.ms for s in here if s.status in (429, 503)]
         rep = [r for r in replicas if lo <= r["t"] < hi and "FastTier" in r]
         rows.append(
             {
@@ -302,6 +308,8 @@ def timeline(samples: list[Sample], replicas: list[dict[str, Any]], bucket_s: fl
                 "p50_ms": pct(ok, 50),
                 "p95_ms": pct(ok, 95),
                 "p99_ms": pct(ok, 99),
+                "refusal_p99_ms": pct(refused, 99),
+                "refusals_over_500ms": sum(ms > 500 for ms in refused),
                 "fast_replicas": max((r["FastTier"]["running"] for r in rep), default=None),
                 "fast_nodes": max((len(r["FastTier"]["per_node"]) for r in rep), default=None),
             }
@@ -471,6 +479,25 @@ def one_engine_per_core(notes: list[dict[str, str]], model_dir: Path, processes:
     return {"processes": n, "threads_each": 1, "wall_s": round(wall, 3), "notes_per_s": round(n * len(notes) / wall, 3)}
 
 
+def ingress_refusals(url: str | None) -> float | None:
+    """The 429s the Ingress itself answered over HTTP so far (its /metrics), or None when it cannot
+    be read. Each Ingress replica counts its own: exact with one replica (the local config), one
+    replica's count otherwise. Set against the 429s the clients got, it says how many Ray's proxy
+    answered from shed hints (serve_app/shedding.py)."""
+    if not url:
+        return None
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except (OSError, ValueError):
+        return None
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("clinie_requests_total{") and 'api="http"' in line and 'status="429"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def run_scenarios(
     target: Target, notes: list[dict[str, str]], scenarios: list[str], poller: ReplicaPoller | None
 ) -> tuple[list[dict[str, Any]], list[Sample]]:
@@ -490,6 +517,7 @@ def run_scenarios(
             out = {"cpu_cores": meter.cores(cpu_before, meter.snapshot())}
         else:
             cpu_before = meter.snapshot()
+            ingress_before = ingress_refusals(target.url) if kind != "grpc" else None
             if kind in ("closed", "grpc", "batch"):
                 size = int(rest[2]) if kind == "batch" else 0
                 got = asyncio.run(closed_loop(target, notes, [int(rest[0])], float(rest[1]), deadline, kind, size))
@@ -503,6 +531,11 @@ def run_scenarios(
             samples += got
             out = summarize(got, deadline)
             out["cpu_cores"] = meter.cores(cpu_before, meter.snapshot())
+            ingress_after = ingress_refusals(target.url) if ingress_before is not None else None
+            if ingress_before is not None and ingress_after is not None:
+                by_ingress = int(ingress_after - ingress_before)
+                out["refused_429_by_ingress"] = by_ingress
+                out["refused_429_at_front_door"] = max(0, out["refused_429"] - by_ingress)
             if poller is not None:
                 fast = [e["FastTier"]["running"] for e in poller.log if "FastTier" in e and e["t"] >= started]
                 out["fast_tier_max_replicas_seen"] = max(fast, default=None)

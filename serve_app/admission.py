@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serve_app.shedding import refusal_message, retry_after
+
 # The longest deadline a request may carry (serve_app/config.py's MAX_DEADLINE_MS) plus a margin.
 _FORGET_AFTER_S = 310.0
 
@@ -83,6 +85,15 @@ class AdmissionConfig(BaseModel):
         "answered. At most 450 ms, so a refusal can still arrive within half a second.",
     )
     retry_after_s: int = Field(default=1, ge=1, le=60, description="Least `Retry-After` seconds sent with a 429.")
+    front_door_hint_ttl_ms: float = Field(
+        default=500.0,
+        ge=0,
+        le=5000,
+        description="How long Ray's proxy may refuse, itself, the requests that the Ingress's last deadline refusal "
+        "says it would refuse (serve_app/shedding.py): a refusal then costs the proxy's HTTP parsing instead of "
+        "both processes and an actor call each way. Short, because the proxy does not see capacity that grows "
+        "meanwhile. 0: every request goes on to the Ingress.",
+    )
     prior_speed_chars_per_s: float | None = Field(
         default=3000.0,
         gt=0,
@@ -178,6 +189,10 @@ class Refusal:
     reason: str  # `in_flight_cap` | `deadline` (metric label; never note text)
     message: str
     retry_after_s: int
+    # a deadline refusal's estimate, for the front door (serve_app/shedding.py): the work in flight
+    # alone, and each further character, in ms with margins
+    ahead_ms: float | None = None
+    ms_per_char: float | None = None
 
 
 class Admission:
@@ -312,8 +327,7 @@ class Admission:
             return None
         cfg = self.cfg
         full = self._effective_running_locked()
-        # this replica's share of the fast tier: the other ingress replicas' work is not in our books
-        speed = self._speed / (self.ingress_replicas if cfg.share_by_ingress_replicas else 1)
+        speed = self._share_locked(self._speed)
         # a starting replica slows the running ones (shared cores), never below a quarter of them
         slowing = max(self.starting_replicas, int(self._anticipating_locked()))
         now_rate = speed * max(0.25 * full, full - cfg.starting_replica_cost * slowing)
@@ -327,6 +341,21 @@ class Admission:
             return math.inf
         return t + cfg.overhead_ms / 1000
 
+    def _share_locked(self, speed: float) -> float:
+        """This ingress replica's share of a fast-tier replica's speed: the other ingress replicas'
+        work is not in its books."""
+        return speed / (self.ingress_replicas if self.cfg.share_by_ingress_replicas else 1)
+
+    def _least_ms_per_char_locked(self) -> float | None:
+        """The least time, in ms with margins, that one more character adds to an estimate: at the
+        rate of every replica running or starting (starts only make later work faster), so an
+        estimate built from it never exceeds admission's own (the front door's hint errs towards
+        admission: serve_app/shedding.py)."""
+        if self._speed is None:
+            return None
+        rate = self._share_locked(self._speed) * (self._effective_running_locked() + self.starting_replicas)
+        return math.inf if rate <= 0 else 1000 * self._multiplier_locked() / rate
+
     def admit(self, notes: int, chars: int, deadline_ms: float) -> Ticket | Refusal:
         """Take `notes` notes of `chars` characters in total (a `Ticket`), or say why not (a
         `Refusal`). On admission the work counts as in flight until `release`."""
@@ -339,12 +368,13 @@ class Admission:
             # An idle service admits whatever it is asked: a single request's own length is its
             # service time, and refusing it would help no one.
             if est is not None and self.in_flight_notes > 0 and est * 1000 > deadline_ms:
-                retry = max(self.cfg.retry_after_s, min(60, math.ceil(est - deadline_ms / 1000)))
+                ahead = self._estimate_locked(self.in_flight_chars)
                 return Refusal(
                     "deadline",
-                    f"the service cannot answer within the deadline ({deadline_ms:.0f} ms) at its current "
-                    f"capacity; retry later",
-                    retry,
+                    refusal_message(deadline_ms),
+                    retry_after(est * 1000, deadline_ms, self.cfg.retry_after_s),
+                    ahead_ms=None if ahead is None else ahead * 1000,
+                    ms_per_char=self._least_ms_per_char_locked(),
                 )
             if self._idle_from is not None and self._clock() - self._idle_from >= self.cfg.idle_reset_s:
                 self._finished_since_idle = 0  # a quiet spell: the speed measured before may not hold

@@ -67,6 +67,7 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
         cfg.fast_max_batch_size,
         cfg.fast_batch_wait_timeout_s,
         cfg.fast_tier_threads,
+        cfg.model_nice,
     )
     fast = FastTierDeployment.options(**opts.get("FastTier", {})).bind(*fast_args)
     llm = None
@@ -77,7 +78,7 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
             llm_opts["placement_group_bundles"] = [{"CPU": 1, "GPU": 1}] * llm_cfg.tensor_parallel_size
             llm_opts["placement_group_strategy"] = "STRICT_PACK"
         llm_args = llm_cfg.model_dump(mode="json")
-        llm = LLMTierDeployment.options(**llm_opts).bind(llm_args)
+        llm = LLMTierDeployment.options(**llm_opts).bind(llm_args, cfg.model_nice)
     ingress_cfg = cfg.model_copy(update={"llm": llm_cfg}).model_dump(mode="json")
     ingress_opts = dict(opts.get("Ingress", {}))
     ingress_opts["user_config"] = router_user_config(cfg, ingress_opts.get("user_config"))

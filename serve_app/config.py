@@ -43,6 +43,14 @@ class AppConfig(BaseModel):
     fast_tier_threads: int = Field(
         default=0, ge=0, description="ONNX Runtime threads per fast-tier replica; 0: one per core of the node."
     )
+    model_nice: int = Field(
+        default=0,
+        ge=0,
+        le=19,
+        description="Raise the nice value of each model replica (FastTier, LLMTier) by this much: where they share "
+        "cores with Ray's proxy and the Ingress (one small node), requests and refusals then get a core first. "
+        "0 where the tiers have cores of their own.",
+    )
     providers: list[str] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],
         description="ONNX Runtime providers for the fast tier (GPU nodes: CUDAExecutionProvider first).",

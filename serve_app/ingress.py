@@ -32,6 +32,7 @@ from serve_app.config import MAX_DEADLINE_MS, AppConfig
 from serve_app.grpc_service import InvalidRequest
 from serve_app.metrics import Metrics
 from serve_app.service import NoteService
+from serve_app.shedding import PACED_HEADER, PACED_VALUE
 from serve_app.tenants import RateLimited, Tenants, Unauthorized
 from serve_app.wire import (
     ApiError,
@@ -129,17 +130,18 @@ class Ingress:
                 raise ApiError(400, "invalid_request", safe_validation_message(exc)) from None
             self._spend(tenant, req)  # type: ignore[arg-type]  # the endpoint's model is one of the two
             spent = spent_ms(request.headers.get("x-clinie-spent-ms"))
+            # behind Ray's proxy with serve_app/proxy_shed.py: it paces refusals and reads hints
+            paced = request.headers.get(PACED_HEADER) == PACED_VALUE
             if isinstance(req, ExtractRequest):
-                out: dict[str, Any] = (await self.service.extract(req, spent)).model_dump(mode="json")
+                out: dict[str, Any] = (await self.service.extract(req, spent, paced)).model_dump(mode="json")
             else:
                 assert isinstance(req, ExtractBatchRequest)
-                results = await self.service.extract_batch(req, spent)
+                results = await self.service.extract_batch(req, spent, paced)
                 out = {"results": [r.model_dump(mode="json") for r in results]}
             return JSONResponse(out)
         except ApiError as exc:
             status = exc.status
-            headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-            return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+            return JSONResponse(exc.body(), status_code=exc.status, headers=exc.http_headers())
         except Exception as exc:  # never a bare 500 without a body; never the note in the log
             status = 500
             log.error("internal error in %s: %s", endpoint, type(exc).__name__)

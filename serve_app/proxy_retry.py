@@ -77,11 +77,16 @@ def install_env(environ: MutableMapping[str, str] | None = None) -> None:
 
 def middlewares() -> list[Any]:
     """Ray's proxy callback (run once in each proxy process as it starts): the middleware list it
-    wraps its HTTP app with; and, for the same process's gRPC proxy, `lost_replica_is_unavailable`."""
+    wraps its HTTP app with (this module's retry, and serve_app/proxy_shed.py's refusals from the
+    Ingress's shed hints); and, for the same process's gRPC proxy, `lost_replica_is_unavailable`."""
     from starlette.middleware import Middleware
 
+    from serve_app.proxy_shed import ShedAtFrontDoor
+
     lost_replica_is_unavailable()
-    return [Middleware(RetryLostIngress)]
+    # Ray wraps the app with each in turn: the last is outermost, so a request refused from a shed
+    # hint is answered before this module holds its body for a retry
+    return [Middleware(RetryLostIngress), Middleware(ShedAtFrontDoor)]
 
 
 LOST_MESSAGE = "the service lost the replica answering this request; retry"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -31,6 +32,7 @@ from serve_app.config import AppConfig
 from serve_app.metrics import Metrics
 from serve_app.orchestrate import answer
 from serve_app.replicas import serve_replicas
+from serve_app.shedding import HINT_HEADER, PACE_HEADER, ShedHint
 from serve_app.tiers import HandleTiers, LLMLoad
 from serve_app.wire import ApiError, BatchNote, ExtractBatchRequest, ExtractRequest
 
@@ -131,21 +133,60 @@ class NoteService:
     def _deadline(self, requested: float | None) -> float:
         return requested if requested is not None else self.cfg.default_deadline_ms
 
-    async def _admit(self, notes: int, chars: int, deadline_ms: float) -> Ticket:
+    async def _admit(
+        self,
+        notes: int,
+        chars: int,
+        deadline_ms: float,
+        paced: bool = False,
+        hint: bool = False,
+        policy: str | None = None,
+    ) -> Ticket:
         """Refuse, before any model work, a request that cannot finish inside its deadline (see
         serve_app/admission.py); otherwise its work counts as in flight until released.
 
         A refusal is paced (`refusal_delay_ms`, well inside the 0.5 s a refusal may take): a
         client that ignores `Retry-After` and asks again at once would otherwise spend the cores
-        the admitted requests need on a storm of refusals. Waiting costs this replica nothing."""
+        the admitted requests need on a storm of refusals. Waiting costs this replica nothing.
+        `paced`: the request came through Ray's proxy with the front-door middleware, which waits
+        instead and, from a deadline refusal's hint, refuses like requests itself for a moment
+        (serve_app/shedding.py); the refusal is then answered at once, with those headers. `hint`:
+        a single-note request (the front door sends batches on whatever the hint), whose `policy`
+        as it named it the hint carries."""
         self.start_poller()
         decision = self.admission.admit(notes, chars, deadline_ms)
         if isinstance(decision, Refusal):
             self.metrics.rejected.labels(decision.reason).inc()
-            await asyncio.sleep(self.cfg.admission.refusal_delay_ms / 1000)
-            raise ApiError(429, "overloaded", decision.message, decision.retry_after_s)
+            adm = self.cfg.admission
+            if not paced:
+                await asyncio.sleep(adm.refusal_delay_ms / 1000)
+                raise ApiError(429, "overloaded", decision.message, decision.retry_after_s)
+            headers = {PACE_HEADER: f"{adm.refusal_delay_ms:g}"}
+            shed = self._hint(decision, policy) if hint else None
+            if shed is not None:
+                headers[HINT_HEADER] = shed.model_dump_json()
+            raise ApiError(429, "overloaded", decision.message, decision.retry_after_s, headers)
         self.metrics.in_flight.labels("bert").set(self.admission.in_flight_notes)
         return decision
+
+    def _hint(self, refusal: Refusal, policy: str | None) -> ShedHint | None:
+        """The front door's hint of a deadline refusal (None for other refusals, or when off)."""
+        adm, ahead, per_char = self.cfg.admission, refusal.ahead_ms, refusal.ms_per_char
+        if adm.front_door_hint_ttl_ms <= 0 or ahead is None or per_char is None:
+            return None
+        if not (math.isfinite(ahead) and math.isfinite(per_char)):
+            return None  # nothing running or starting: nothing to drain, let the Ingress decide
+        return ShedHint(
+            ahead_ms=ahead,
+            ms_per_char=per_char,
+            ttl_ms=adm.front_door_hint_ttl_ms,
+            pace_ms=adm.refusal_delay_ms,
+            retry_after_s=adm.retry_after_s,
+            default_deadline_ms=self.cfg.default_deadline_ms,
+            max_note_chars=self.cfg.limits.max_note_chars,
+            max_body_bytes=self.cfg.limits.max_body_bytes,
+            policy=policy,
+        )
 
     def _validate(self, text: object) -> str:
         """The note's text, or an ApiError (413 for a note over the limit, 400 otherwise)."""
@@ -208,17 +249,19 @@ class NoteService:
             raise ApiError(504, "deadline_exceeded", "the deadline passed before the request could be sent again")
         return left
 
-    async def extract(self, req: ExtractRequest, spent_ms: float = 0.0) -> NoteResult:
+    async def extract(self, req: ExtractRequest, spent_ms: float = 0.0, paced: bool = False) -> NoteResult:
         """One note. `spent_ms`: deadline already used elsewhere (serve_app/proxy_retry.py); the
-        deadline still counts from the caller's first attempt."""
+        deadline still counts from the caller's first attempt. `paced`: see `_admit`."""
         t0 = time.perf_counter() - spent_ms / 1000
         policy = self._check_policy(req.policy)
         valid = self._validate(req.text)  # bad input is a 4xx even when the service is busy
         deadline = self._deadline(req.deadline_ms)
-        ticket = await self._admit(1, len(valid), self._left_ms(deadline, spent_ms))
+        ticket = await self._admit(1, len(valid), self._left_ms(deadline, spent_ms), paced, True, req.policy)
         return await self._one(req.note_id, valid, policy, deadline, t0, ticket)
 
-    async def extract_batch(self, req: ExtractBatchRequest, spent_ms: float = 0.0) -> list[NoteResult | NoteError]:
+    async def extract_batch(
+        self, req: ExtractBatchRequest, spent_ms: float = 0.0, paced: bool = False
+    ) -> list[NoteResult | NoteError]:
         t0 = time.perf_counter() - spent_ms / 1000
         if len(req.notes) > self.cfg.limits.max_batch_notes:
             raise ApiError(
@@ -237,7 +280,7 @@ class NoteService:
         deadline = self._deadline(req.deadline_ms)
         # a batch of only bad notes gets its error slots, busy or not (and however late)
         ticket = (
-            await self._admit(len(valid), sum(len(v) for v in valid), self._left_ms(deadline, spent_ms))
+            await self._admit(len(valid), sum(len(v) for v in valid), self._left_ms(deadline, spent_ms), paced)
             if valid
             else None
         )

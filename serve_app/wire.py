@@ -60,9 +60,23 @@ class ExtractBatchRequest(BaseModel):
 class ApiError(Exception):
     """A request-level error: HTTP status, gRPC status name, wire code and a safe message."""
 
-    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        retry_after: int | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+        self.headers = headers or {}  # HTTP only: for the front door (serve_app/shedding.py), never the caller
+
+    def http_headers(self) -> dict[str, str] | None:
+        """The response's headers: `Retry-After` where there is one, and any for the front door."""
+        out = {"Retry-After": str(self.retry_after)} if self.retry_after else {}
+        out.update(self.headers)
+        return out or None
 
     @property
     def grpc_code(self) -> str:

@@ -20,6 +20,7 @@ from ray import serve
 from clinie.analysis import NoteAnalysis
 from deployments.fast_tier.config import EngineConfig
 from deployments.fast_tier.engine import FastTierEngine
+from deployments.priority import lower_priority
 
 # Largest number of notes grouped into one engine call; the engine further batches windows.
 MAX_BATCH_NOTES = 8
@@ -36,7 +37,9 @@ class FastTierDeployment:
         max_batch_size: int = MAX_BATCH_NOTES,
         batch_wait_timeout_s: float = 0.005,
         threads: int = 0,
+        nice: int = 0,
     ):
+        lower_priority(nice)  # first: a starting replica's model load and warm-up yield too
         cfg = EngineConfig(model_dir=Path(model_dir), precision=precision, intra_op_threads=threads)  # type: ignore[arg-type]
         self.engine = FastTierEngine(cfg)
         # One pass before serving: a replica's first ONNX runs are several times slower (memory

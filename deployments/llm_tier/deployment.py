@@ -30,6 +30,7 @@ from ray import serve
 from clinie.errors import LLMUnavailable
 from clinie.schema import NoteResult
 from deployments.llm_tier.config import LLMTierConfig
+from deployments.priority import lower_priority
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ ENGINE_DEATH_EXIT_S = 1.0
 class LLMTierDeployment:
     """`extract(note_id, text, ranges, timeout_s, reason)` -> NoteResult from the LLM tier."""
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], nice: int = 0):
+        lower_priority(nice)  # before the engine's threads and processes start: they inherit it
         self.cfg = LLMTierConfig.model_validate(config)
         self._state = "starting"
         self._error = ""

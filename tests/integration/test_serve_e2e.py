@@ -557,6 +557,71 @@ def test_deadline_admission_refuses_only_what_cannot_make_it(service: dict[str, 
         assert 'clinie_rejected_total{reason="deadline"}' in r.read().decode()
 
 
+def _ingress_count(name: str, labels: str) -> float:
+    """A counter of the Ingress's own /metrics (0 when it has no such series yet)."""
+    with urllib.request.urlopen(URL + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    found = re.search(rf"^{name}{{{re.escape(labels)}}} ([0-9.e+]+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_storm_of_refusals_is_answered_at_the_front_door(service: dict[str, Any]):
+    """16 clients that ask again as soon as they are refused, with deadlines that fit about three
+    notes: the Ingress refuses the first of a kind with a shed hint, and Ray's proxy refuses the
+    like of it itself for a moment (serve_app/shedding.py), so more 429s reach the clients than the
+    Ingress gave. Every one is the contract's refusal; none shows the internal headers; a bad or
+    unauthorized request sent right after a refusal, while the hint is fresh, still gets its own
+    4xx; and the notes that fit are still answered."""
+    long_note = " ".join([NOTE] * 40)
+    single = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        assert call("/v1/extract", {"text": long_note, "policy": "fast-only"})[0] == 200
+        single.append(time.perf_counter() - t0)
+    deadline_ms = max(1000.0, 3000 * min(single))
+    refused_by_ingress = _ingress_count("clinie_requests_total", 'api="http",endpoint="extract",status="429"')
+    answers: list[tuple[int, float, dict, dict]] = []
+    after_refusal: list[tuple[str, int, str]] = []
+    end = time.perf_counter() + 4.0
+
+    def client(i: int) -> None:
+        body = {"text": long_note, "policy": "fast-only", "deadline_ms": deadline_ms}
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            status, answer, headers = call("/v1/extract", body)
+            answers.append((status, time.perf_counter() - t0, answer, headers))
+            if status == 429 and i < 3:  # at once, while the hint this refusal left is fresh
+                bad = [
+                    ("empty", {**body, "text": "   "}, KEY),
+                    ("unknown policy", {**body, "policy": "no-such-policy"}, KEY),
+                    ("no key", body, None),
+                ][i]
+                status, answer, _ = call("/v1/extract", bad[1], key=bad[2])
+                after_refusal.append((bad[0], status, answer["error"]["code"]))
+
+    with cf.ThreadPoolExecutor(16) as pool:
+        list(pool.map(client, range(16)))
+    codes = [a[0] for a in answers]
+    assert set(codes) <= {200, 429, 504}, codes
+    assert codes.count(200) >= 1 and codes.count(429) >= 5, codes
+    for status, seconds, body, headers in answers:
+        assert not [h for h in headers if h.startswith("x-clinie-")], headers
+        if status == 429:
+            assert body["error"]["code"] == "overloaded", body
+            assert int(headers["retry-after"]) >= 1 and headers.get("x-request-id"), headers
+            assert seconds < 1.0, seconds
+    by_ingress = _ingress_count("clinie_requests_total", 'api="http",endpoint="extract",status="429"')
+    assert by_ingress - refused_by_ingress < codes.count(429), (by_ingress - refused_by_ingress, codes.count(429))
+    expected = {
+        "empty": (400, "empty_text"),
+        "unknown policy": (400, "unknown_policy"),
+        "no key": (401, "unauthorized"),
+    }
+    assert after_refusal, "no refusal reached a client that checks bad input"
+    for name, status, code in after_refusal:
+        assert (status, code) == expected[name], (name, status, code)
+
+
 def test_a_request_sent_again_keeps_its_callers_deadline(service: dict[str, Any]):
     """`x-clinie-spent-ms` (set by the proxy when it sends a request again after losing its Ingress
     replica, serve_app/proxy_retry.py) counts against the request's deadline: all of it spent is a

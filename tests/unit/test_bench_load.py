@@ -123,3 +123,51 @@ def test_an_idle_scenario_sends_nothing_and_reports_the_cores_busy_meanwhile():
     (idle,) = results
     assert samples == [] and idle["name"] == "idle:0.5" and "requests" not in idle
     assert idle["cpu_cores"]["load_client"] >= 0.1
+
+
+def test_the_timeline_counts_slow_refusals_per_bucket():
+    from benchmarks.load import timeline
+
+    samples = [
+        Sample(sent=1.0, done=1.2, status=429, scenario="s"),
+        Sample(sent=2.0, done=2.7, status=429, scenario="s"),
+    ]
+    samples += [
+        Sample(sent=6.0, done=6.1, status=503, scenario="s"),
+        Sample(sent=6.0, done=7.0, status=200, scenario="s"),
+    ]
+    rows = timeline(samples, [])
+    assert [r["refusals_over_500ms"] for r in rows] == [1, 0]
+    assert rows[0]["refusal_p99_ms"] > 500 and rows[1]["refusal_p99_ms"] < 500
+
+
+def test_the_ingress_refusals_are_read_from_its_metrics():
+    import http.server
+    import threading
+
+    from benchmarks.load import ingress_refusals
+
+    text = (
+        b'clinie_requests_total{api="http",endpoint="extract",status="429"} 7.0\n'
+        b'clinie_requests_total{api="http",endpoint="extract_batch",status="429"} 2.0\n'
+        b'clinie_requests_total{api="grpc",endpoint="Extract",status="429"} 5.0\n'
+        b'clinie_requests_total{api="http",endpoint="extract",status="200"} 9.0\n'
+    )
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/metrics" else 404)
+            self.end_headers()
+            self.wfile.write(text)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert ingress_refusals(f"http://127.0.0.1:{server.server_port}/") == 9.0  # HTTP 429s only
+    finally:
+        server.shutdown()
+    assert ingress_refusals(f"http://127.0.0.1:{server.server_port}") is None  # gone: unknown, not 0
+    assert ingress_refusals(None) is None

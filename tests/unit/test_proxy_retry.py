@@ -19,6 +19,7 @@ import yaml
 from clinie.paths import REPO_ROOT
 from serve_app import proxy_retry
 from serve_app.proxy_retry import SPENT_HEADER, RetryLostIngress
+from serve_app.proxy_shed import ShedAtFrontDoor
 from serve_app.wire import spent_ms
 
 
@@ -189,8 +190,8 @@ def test_every_proxy_gets_the_hook() -> None:
         assert {"name": proxy_retry.ENV, "value": proxy_retry.CALLBACK} in container["env"], container["name"]
     launcher = yaml.safe_load((REPO_ROOT / "ray_cluster.yaml").read_text())
     assert f"--env {proxy_retry.ENV}={proxy_retry.CALLBACK}" in launcher["docker"]["run_options"]
-    (mw,) = proxy_retry.middlewares()
-    assert mw.cls is RetryLostIngress
+    retry, shed = proxy_retry.middlewares()  # Ray wraps in list order: the last is outermost
+    assert retry.cls is RetryLostIngress and shed.cls is ShedAtFrontDoor
 
 
 def test_grpc_calls_on_a_lost_replica_are_unavailable_not_internal(monkeypatch: Any) -> None:
