@@ -174,25 +174,18 @@ class ShedAtFrontDoor:
     def _learning_send(self, send: Send, caller: bytes) -> Send:
         """`send` that paces an Ingress refusal and keeps its hint (the internal headers dropped)."""
 
-        async def learning_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                raw = list(message.get("headers", []))
-                found = {k.lower(): v for k, v in raw if k.lower() in INTERNAL_RESPONSE_HEADERS}
-                if found:
-                    message = {**message, "headers": [(k, v) for k, v in raw if k.lower() not in found]}
-                    if _HINT in found and message.get("status") == 429:
-                        try:
-                            self._learn(caller, ShedHint.model_validate_json(found[_HINT]))
-                        except ValidationError:
-                            pass  # an Ingress of another version: no hint, the Ingress decides
-                    await _pace(_ms(found.get(_PACE)))
-            await send(message)
+        def learn(raw_hint: bytes) -> None:
+            try:
+                self._learn(caller, ShedHint.model_validate_json(raw_hint))
+            except ValidationError:
+                pass  # an Ingress of another version: no hint, the Ingress decides
 
-        return learning_send
+        return _paced_send(send, learn)
 
 
-def _paced_send(send: Send) -> Send:
-    """`send` that paces an Ingress refusal (requests that never refuse from a hint)."""
+def _paced_send(send: Send, learn: Callable[[bytes], None] | None = None) -> Send:
+    """`send` that drops the internal headers of the Ingress's answer, waits the pace it asks for
+    before passing a refusal on, and gives a 429's hint to `learn` (None: hints are not kept)."""
 
     async def paced_send(message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -200,6 +193,8 @@ def _paced_send(send: Send) -> Send:
             found = {k.lower(): v for k, v in raw if k.lower() in INTERNAL_RESPONSE_HEADERS}
             if found:
                 message = {**message, "headers": [(k, v) for k, v in raw if k.lower() not in found]}
+                if learn is not None and _HINT in found and message.get("status") == 429:
+                    learn(found[_HINT])
                 await _pace(_ms(found.get(_PACE)))
         await send(message)
 

@@ -21,6 +21,7 @@ from serve_app import proxy_retry
 from serve_app.proxy_retry import SPENT_HEADER, RetryLostIngress
 from serve_app.proxy_shed import ShedAtFrontDoor
 from serve_app.wire import spent_ms
+from tests.unit.asgi import read_body
 
 
 class Proxy:
@@ -32,12 +33,7 @@ class Proxy:
         self.calls: list[dict[str, Any]] = []
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        body = b""
-        while True:
-            m = await receive()
-            body += m.get("body", b"")
-            if not m.get("more_body"):
-                break
+        body = await read_body(receive)
         self.calls.append({"headers": dict(scope["headers"]), "body": body})
         if len(self.calls) <= self.lose:
             if self.hang_s:

@@ -16,6 +16,7 @@ from typing import Any
 
 from serve_app.proxy_shed import ShedAtFrontDoor
 from serve_app.shedding import HINT_HEADER, PACE_HEADER, PACED_HEADER, ShedHint, refusal_message
+from tests.unit.asgi import read_body
 
 HINT = ShedHint(
     ahead_ms=4000,
@@ -47,12 +48,7 @@ class Ingress:
         self.calls: list[dict[str, Any]] = []
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        body = b""
-        while True:
-            m = await receive()
-            body += m.get("body", b"")
-            if not m.get("more_body"):
-                break
+        body = await read_body(receive)
         self.calls.append({"headers": list(scope["headers"]), "body": body, "path": scope["path"]})
         if self.refusing:
             headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
