@@ -191,7 +191,7 @@ class RetryLostIngress:
             if not message.get("more_body", False):
                 break
             if size > self.max_body_bytes:  # too big to hold: no retry, the Ingress refuses it
-                await self.app(scope, _replay(chunks, receive, more=True), send)
+                await self.app(scope, replay(chunks, receive, more=True), send)
                 return
         body = b"".join(chunks)
 
@@ -248,7 +248,7 @@ class RetryLostIngress:
         return attempt.started.is_set()
 
 
-def _replay(chunks: list[bytes], receive: Receive, more: bool) -> Receive:
+def replay(chunks: list[bytes], receive: Receive, more: bool) -> Receive:
     """A receive channel that first gives back the chunks already read, then the caller's own."""
     pending = list(chunks)
 
@@ -263,15 +263,11 @@ def _replay(chunks: list[bytes], receive: Receive, more: bool) -> Receive:
 
 async def _unavailable(send: Send) -> None:
     body = json.dumps({"error": {"code": "unavailable", "message": LOST_MESSAGE}}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(RETRY_AFTER_S).encode()),
-            ],
-        }
-    )
+    await send_json(send, 503, body, [(b"retry-after", str(RETRY_AFTER_S).encode())])
+
+
+async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    """An answer made in the proxy itself: `body` (JSON) with its type and length, and `headers`."""
+    start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -28,13 +28,14 @@ import json
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 
 from clinie.errors import InputError
 from clinie.validation import validate_text
+from serve_app.proxy_retry import ASGIApp, Message, Receive, Scope, Send, replay, send_json
 from serve_app.shedding import (
     HINT_HEADER,
     INTERNAL_RESPONSE_HEADERS,
@@ -46,12 +47,6 @@ from serve_app.shedding import (
     refusal_message,
 )
 from serve_app.wire import ApiError, ExtractRequest, parse_json
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 EXTRACT_PATH = "/v1/extract"
 _PACED = (PACED_HEADER.encode(), PACED_VALUE.encode())
@@ -78,7 +73,7 @@ class _Counter:
 
             self._ray = Counter("clinie_front_door_refused", "Requests refused by Ray's proxy from a shed hint.")
         except Exception:  # not in a Ray worker (unit tests): the plain count only
-            self._ray = None
+            pass
 
     def inc(self) -> None:
         self.value += 1
@@ -124,7 +119,7 @@ class ShedAtFrontDoor:
             self.refused.inc()
             await _answer(send, error, pace_ms, headers)
             return
-        await self.app(scope, _replay(body, receive), self._learning_send(send, caller))
+        await self.app(scope, replay([body], receive, more=False), self._learning_send(send, caller))
 
     # -- hints -----------------------------------------------------------------------------------
 
@@ -233,18 +228,6 @@ async def _read_body(receive: Receive, headers: list[tuple[bytes, bytes]], limit
             return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A receive channel that gives back the body read here, then the caller's own (disconnects)."""
-    pending = [body]
-
-    async def replay() -> Message:
-        if pending:
-            return {"type": "http.request", "body": pending.pop(), "more_body": False}
-        return await receive()
-
-    return replay
-
-
 async def _answer(send: Send, error: ApiError, pace_ms: float, headers: list[tuple[bytes, bytes]]) -> None:
     """The 429 the Ingress would have given, after its pace; with Ray's `X-Request-ID` like every
     response through the proxy (the caller's own id when it sent one)."""
@@ -252,11 +235,4 @@ async def _answer(send: Send, error: ApiError, pace_ms: float, headers: list[tup
     # starlette's JSONResponse encoding, so the body is byte for byte the Ingress's
     body = json.dumps(error.body(), ensure_ascii=False, separators=(",", ":")).encode()
     request_id = dict(headers).get(b"x-request-id") or str(uuid.uuid4()).encode()
-    out = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"retry-after", str(error.retry_after).encode()),
-        (b"x-request-id", request_id),
-    ]
-    await send({"type": "http.response.start", "status": 429, "headers": out})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    await send_json(send, 429, body, [(b"retry-after", str(error.retry_after).encode()), (b"x-request-id", request_id)])
