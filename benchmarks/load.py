@@ -15,8 +15,10 @@ Scenarios run in order (`--scenario`, repeatable; the default is the README's ru
 - `cooldown:SECONDS`                      no load; waits (at most SECONDS) for every deployment to
                                           go back to its minimum replicas, and reports how long;
 - `idle:SECONDS`                          no load for SECONDS: the cores the idle service keeps busy.
-Requests go through clinie.client (AsyncClient, retries off, so every attempt is one sample; the
-API key from `CLINIE_API_KEY` if set). Clients do not wait out `Retry-After` unless
+HTTP requests go through benchmarks/raw_http.py (a lean HTTP/1.1 client: on a machine whose cores the
+service shares, a heavier client's own CPU becomes the tail it reports) or, with `--client clinie`
+and for gRPC, through clinie.client (AsyncClient, retries off); every attempt is one sample, the
+API key from `CLINIE_API_KEY` if set. Clients do not wait out `Retry-After` unless
 `--honour-retry-after` (the worst case for the service: a refused client asks again at once). All
 traffic goes to the given (loopback) address; every loop is bounded in time and count.
 
@@ -57,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.processes import CpuMeter
+from benchmarks.raw_http import RawHttpClient, RawHttpError
 from benchmarks.report import cpu_info, write_report
 from clinie.client import AsyncClient, ClinieError
 from clinie.inputs import NoteInput
@@ -103,28 +106,40 @@ class Target:
     """Where requests go (HTTP or gRPC, through clinie.client with its retries off: each attempt is
     one sample, and a refused client's wait is this benchmark's choice, `--honour-retry-after`)."""
 
-    def __init__(self, url: str | None, grpc_target: str | None, policy: str, honour_retry_after: bool):
+    def __init__(
+        self, url: str | None, grpc_target: str | None, policy: str, honour_retry_after: bool, raw: bool = True
+    ):
         self.url, self.grpc_target, self.policy = url, grpc_target, policy
         self.honour = honour_retry_after
+        self.raw = raw  # HTTP through benchmarks/raw_http.py (plain http only), not clinie.client
         self.t0 = time.perf_counter()
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
 
-    def client(self, kind: str, connections: int) -> AsyncClient:
+    def client(self, kind: str, connections: int) -> AsyncClient | RawHttpClient:
         if kind == "grpc":
             assert self.grpc_target, "--grpc TARGET is needed for grpc scenarios"
             url = f"grpc://{self.grpc_target}"
         else:
             assert self.url, "--url is needed for HTTP scenarios"
             url = self.url
+            if self.raw and url.startswith("http://"):
+                return RawHttpClient(url, os.environ.get("CLINIE_API_KEY"), max_connections=connections)
         return AsyncClient(
             url, api_key=os.environ.get("CLINIE_API_KEY"), timeout=330, retries=0, max_connections=connections
         )
 
     async def send(
-        self, client: AsyncClient, notes: list[dict[str, str]], deadline_ms: float | None, scenario: str, batch: bool
+        self,
+        client: AsyncClient | RawHttpClient,
+        notes: list[dict[str, str]],
+        deadline_ms: float | None,
+        scenario: str,
+        batch: bool,
     ) -> Sample:
+        if isinstance(client, RawHttpClient):
+            return await self._send_raw(client, notes, deadline_ms, scenario, batch)
         sent = self.now()
         try:
             if batch:
@@ -136,6 +151,30 @@ class Target:
             # the client's own failures (no connection, no answer in 330 s) count as transport errors
             status = -1 if exc.code in ("unreachable", "timeout") else exc.status
             return Sample(sent, self.now(), status, scenario, exc.retry_after, notes=0)
+
+    async def _send_raw(
+        self, client: RawHttpClient, notes: list[dict[str, str]], deadline_ms: float | None, scenario: str, batch: bool
+    ) -> Sample:
+        """The same request as clinie.client's (the contract's body), timed around the exchange only."""
+        extra: dict[str, Any] = {"policy": self.policy}
+        if deadline_ms:
+            extra["deadline_ms"] = deadline_ms
+        if batch:
+            items = [{"text": n["text"], "note_id": n["note_id"]} for n in notes]
+            path, body = "/v1/extract/batch", {"notes": items, **extra}
+        else:
+            path, body = "/v1/extract", {"text": notes[0]["text"], "note_id": notes[0]["note_id"], **extra}
+        sent = self.now()
+        try:
+            status, headers, answer = await client.post_json(path, body)
+        except RawHttpError:
+            return Sample(sent, self.now(), -1, scenario, notes=0)
+        done = self.now()
+        if status != 200:
+            retry = headers.get("retry-after")
+            return Sample(sent, done, status, scenario, float(retry) if retry else None, notes=0)
+        answered = sum("error" not in r for r in json.loads(answer)["results"]) if batch else 1
+        return Sample(sent, done, 200, scenario, notes=answered)
 
 
 async def closed_loop(
@@ -556,6 +595,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--notes", type=int, default=60, help="Unlabelled notes to cycle through (bounded).")
     p.add_argument("--policy", default="fast-only", help="Policy every request names.")
     p.add_argument("--honour-retry-after", action="store_true", help="Refused clients wait Retry-After first.")
+    p.add_argument(
+        "--client",
+        choices=("raw", "clinie"),
+        default="raw",
+        help="What times the HTTP requests: benchmarks/raw_http.py (default) or clinie.client.",
+    )
     p.add_argument("--model", help="Fast-tier model directory for a local start (default: the embedded default).")
     p.add_argument("--llm", action="store_true", help="Deploy the LLM tier too on a local start.")
     front_door.add_option(
@@ -592,7 +637,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import ray
 
         ray.init(address=args.ray_address, namespace="serve", log_to_driver=False)
-    target = Target(args.url, args.grpc_target, args.policy, args.honour_retry_after)
+    target = Target(args.url, args.grpc_target, args.policy, args.honour_retry_after, raw=args.client == "raw")
     poller = ReplicaPoller(target).start() if (local_app or args.ray_address) else None
     try:
         report["scenarios"], samples = run_scenarios(target, notes, scenarios, poller)

@@ -47,9 +47,11 @@ class AppConfig(BaseModel):
         default=0,
         ge=0,
         le=19,
-        description="Raise the nice value of each model replica (FastTier, LLMTier) by this much: where they share "
-        "cores with Ray's proxy and the Ingress (one small node), requests and refusals then get a core first. "
-        "0 where the tiers have cores of their own.",
+        description="Raise the nice value of each model replica (FastTier, LLMTier) by this much (19 at most): where "
+        "they share cores with Ray's proxy and the Ingress (one small node), requests and refusals then get a core "
+        "first. Ray starts its workers at nice 15 unless told otherwise; `clinie serve` starts them at 0 "
+        "(serve_app/worker_priority.py), so 19 puts the models at 19 under a request path at 0. 0 where the tiers "
+        "have cores of their own.",
     )
     providers: list[str] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from clinie.paths import CONFIG_DIR, repo_path
-from serve_app import front_door, proxy_retry
+from serve_app import front_door, proxy_retry, worker_priority
 from serve_app.config import AppConfig
 from serve_app.front_door import FrontDoor
 
@@ -138,6 +138,7 @@ def start(
         # Ray's processes read both when they start: they inherit them from the raylet started here
         proxy_retry.install_env()
         front_door.install_env(door)
+        worker_priority.install_env()
     running = front_door.active()
     if running is not door:  # Ray running already, or the operator's own environment
         raise ValueError(

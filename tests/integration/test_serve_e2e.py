@@ -851,6 +851,30 @@ def test_autoscaling_config_is_applied(service: dict[str, Any]):
         assert applied["ray_actor_options"]["num_cpus"] == wanted[name]["ray_actor_options"]["num_cpus"]
 
 
+def test_the_request_path_runs_above_the_model_replicas(service: dict[str, Any]):
+    # Ray would start every worker at nice 15, below its daemons and any client on the machine:
+    # clinie's local start puts the proxy, the Ingress and the controller at this process's nice,
+    # and the model replicas model_nice below it (serve_app/worker_priority.py). Ray titles each
+    # worker process by its actor (`ray::ProxyActor`, `ray::ServeReplica:clinie:FastTier`, ...).
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    step = service["cfg"].model_nice
+    assert step > 0, "the local config lowers the model replicas"
+    nice: dict[str, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            title = (proc / "cmdline").read_bytes().split(b"\0")[0].decode()
+            # `ray::ServeReplica:clinie:Ingress`, or with the method running: `...:Ingress.method`
+            names = {part.split(".")[0] for part in title.removeprefix("ray::").split(":")}
+            role = next((r for r in ("ProxyActor", "Ingress", "FastTier", "LLMTier") if r in names), None)
+            if title.startswith("ray::") and role:
+                nice.setdefault(role, []).append(os.getpriority(os.PRIO_PROCESS, int(proc.name)))
+        except (OSError, ValueError):
+            continue  # not a process, or one that ended meanwhile
+    assert set(nice) >= {"ProxyActor", "Ingress", "FastTier"}, nice
+    assert all(n == base for role in ("ProxyActor", "Ingress") for n in nice[role]), nice
+    assert all(n == min(19, base + step) for role in ("FastTier", "LLMTier") for n in nice.get(role, [])), nice
+
+
 def test_policy_hot_reload_keeps_serving(service: dict[str, Any], policies_file: Path):
     from serve_app import local
 
