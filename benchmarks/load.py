@@ -103,8 +103,9 @@ class Sample:
 
 
 class Target:
-    """Where requests go (HTTP or gRPC, through clinie.client with its retries off: each attempt is
-    one sample, and a refused client's wait is this benchmark's choice, `--honour-retry-after`)."""
+    """Where requests go: HTTP through benchmarks/raw_http.py (`raw`, plain http) or clinie.client,
+    gRPC through clinie.client with its retries off. Each attempt is one sample, and a refused
+    client's wait is this benchmark's choice, `--honour-retry-after`."""
 
     def __init__(
         self, url: str | None, grpc_target: str | None, policy: str, honour_retry_after: bool, raw: bool = True
@@ -616,6 +617,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "notes": len(notes),
         "chars": sum(len(n["text"]) for n in notes),
         "policy": args.policy,
+        "http_client": args.client,  # what timed the HTTP requests (--client)
         "cpu": cpu_info(),
     }
     scenarios = args.scenario or DEFAULT_SCENARIOS
