@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from benchmarks.load import Target
+from benchmarks.load import Sample, Target
 from benchmarks.raw_http import RawHttpClient, RawHttpError
 
 Answer = Callable[[bytes, dict[str, str], bytes], Awaitable[bytes | None]]
@@ -135,3 +135,18 @@ def test_the_load_benchmark_samples_answers_refusals_and_batches() -> None:
         assert 0 <= ok.sent <= ok.done
 
     asyncio.run(run())
+
+
+def test_the_refusing_stand_in_answers_the_services_429_after_its_pause() -> None:
+    from benchmarks.refusing_server import start
+
+    async def run() -> list[Sample]:
+        server = await start(0, pace_ms=80)
+        port = server.sockets[0].getsockname()[1]
+        target = Target(f"http://127.0.0.1:{port}", None, "fast-only", False)
+        async with server, target.client("http", 2) as c:
+            return [await target.send(c, [{"text": "x", "note_id": "n"}], 3000, "s", False) for _ in range(3)]
+
+    samples = asyncio.run(run())
+    assert [(s.status, s.retry_after, s.notes) for s in samples] == [(429, 1.0, 0)] * 3
+    assert all(s.ms >= 80 for s in samples)  # every answer after the pause, on one kept connection
