@@ -79,18 +79,24 @@ class RawHttpClient:
         reader, writer = conn
         writer.write(request)
         await writer.drain()
-        lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        headers = {}
-        for line in lines[1:]:
-            if ":" in line:
-                key, value = line.split(":", 1)
-                headers[key.strip().lower()] = value.strip()
+        first, headers = await read_head(reader)
+        status = int(first.split(" ", 2)[1])
         if "content-length" in headers:
             return status, headers, await reader.readexactly(int(headers["content-length"]))
         if headers.get("transfer-encoding", "").lower() == "chunked":
             return status, headers, await _chunked(reader)
         raise ValueError("an answer with neither a length nor chunks")
+
+
+async def read_head(reader: asyncio.StreamReader) -> tuple[str, dict[str, str]]:
+    """An HTTP/1.1 message's first line and its headers (names in lower case), up to the blank line."""
+    lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            key, value = line.split(":", 1)
+            headers[key.strip().lower()] = value.strip()
+    return lines[0], headers
 
 
 async def _chunked(reader: asyncio.StreamReader) -> bytes:

@@ -16,6 +16,8 @@ import argparse
 import asyncio
 import json
 
+from benchmarks.raw_http import read_head
+
 BODY = json.dumps(
     {"error": {"code": "overloaded", "message": "the service is at capacity; retry after Retry-After seconds"}}
 ).encode()
@@ -30,12 +32,8 @@ async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pa
     """Each request on the connection (HTTP/1.1, a body of Content-Length bytes) gets the 429."""
     try:
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            await reader.readexactly(length)
+            _, headers = await read_head(reader)
+            await reader.readexactly(int(headers.get("content-length", "0")))
             await asyncio.sleep(pace_s)
             writer.write(ANSWER)
             await writer.drain()
