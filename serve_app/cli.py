@@ -277,6 +277,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    if svc.serve_logs is not None:  # serve_app/ray_upkeep.py: the replicas' lines are not printed here
+        print(
+            f"clinie: replica and access logs: {svc.serve_logs} (RAY_SERVE_LOG_TO_STDERR=1 prints them here)",
+            file=sys.stderr,
+            flush=True,
+        )
     stop = threading.Event()
     # Both stop it cleanly (a shell may start background jobs with SIGINT ignored; we want Ctrl-C).
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

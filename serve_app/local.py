@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from clinie.paths import CONFIG_DIR, repo_path
-from serve_app import front_door, proxy_retry, worker_priority
+from serve_app import front_door, proxy_retry, ray_upkeep, worker_priority
 from serve_app.config import AppConfig
 from serve_app.front_door import FrontDoor
 
@@ -35,6 +35,7 @@ class LocalService:
     http_url: str
     grpc_target: str
     started_s: float  # seconds from `ray.init` to the application running
+    serve_logs: Path | None = None  # where the replicas' log lines go, when not to stderr as well
 
 
 def local_app_config(config_file: Path = LOCAL_CONFIG, **overrides: Any) -> tuple[AppConfig, dict[str, Any]]:
@@ -139,6 +140,7 @@ def start(
         proxy_retry.install_env()
         front_door.install_env(door)
         worker_priority.install_env()
+        ray_upkeep.install_env()  # Ray's own loop and log traffic: cores the fast tier answers with
     running = front_door.active()
     if running is not door:  # Ray running already, or the operator's own environment
         raise ValueError(
@@ -156,7 +158,15 @@ def start(
     )
     deploy(cfg, raw)
     scheme = "https" if cert and key else "http"
-    return LocalService(f"{scheme}://{host}:{port}", f"{host}:{grpc_port}", time.perf_counter() - t0)
+    logs = None if ray_upkeep.logs_to_stderr() else _session_dir(ray) / Path(*ray_upkeep.SERVE_LOG_SUBDIR)
+    return LocalService(f"{scheme}://{host}:{port}", f"{host}:{grpc_port}", time.perf_counter() - t0, logs)
+
+
+def _session_dir(ray: Any) -> Path:
+    """This Ray session's directory (Ray has no public call for it; its documented default link
+    is the fallback)."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    return Path(node.get_session_dir_path()) if node is not None else Path("/tmp/ray/session_latest")
 
 
 def wait_ready(url: str, timeout_s: float = 120.0, strict: bool = False) -> float:

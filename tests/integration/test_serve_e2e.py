@@ -875,6 +875,42 @@ def test_the_request_path_runs_above_the_model_replicas(service: dict[str, Any])
     assert all(n == min(19, base + step) for role in ("FastTier", "LLMTier") for n in nice.get(role, [])), nice
 
 
+def _ray_processes(role: str) -> list[Path]:
+    """/proc entries of the Ray workers titled by `role` (`ServeController`, `ProxyActor`, ...)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            title = (proc / "cmdline").read_bytes().split(b"\0")[0].decode()
+        except (OSError, ValueError):
+            continue
+        if title.startswith("ray::") and role in title:
+            found.append(proc)
+    return found
+
+
+def test_ray_upkeep_is_light_and_replica_logs_stay_in_files(service: dict[str, Any]):
+    # serve_app/ray_upkeep.py: the Serve controller loops every 0.5 s, and Serve's log lines go to
+    # its files only, not also to the workers' stderr (which Ray's log monitor tails and ships).
+    controllers = _ray_processes("ServeController")
+    assert controllers, "no Serve controller process"
+    env = dict(kv.split(b"=", 1) for kv in (controllers[0] / "environ").read_bytes().split(b"\0") if b"=" in kv)
+    assert env.get(b"RAY_SERVE_CONTROL_LOOP_INTERVAL_S") == b"0.5"
+    marker = f"upkeep-{time.time_ns()}"
+    assert call("/v1/extract", {"text": NOTE, "policy": "fast-only", "note_id": marker})[0] == 200
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    time.sleep(2)  # let the replicas flush their log files
+    access = [
+        p for p in (logs / "serve").glob("replica_clinie_Ingress_*.log") if b"POST /v1/extract 200" in p.read_bytes()
+    ]
+    assert access, "the Ingress's access lines are not in Serve's log files"
+    streams = [p for p in logs.glob("worker-*") if p.suffix in (".err", ".out")]
+    assert streams, "no worker stdout/stderr files to check"
+    assert not [p.name for p in streams if b"POST /v1/extract" in p.read_bytes()]
+    assert service["svc"].serve_logs == logs / "serve"  # what `clinie serve` tells the operator
+
+
 def test_policy_hot_reload_keeps_serving(service: dict[str, Any], policies_file: Path):
     from serve_app import local
 
