@@ -7,9 +7,9 @@ costs of Ray's defaults, measured under 8 closed-loop clients at full capacity (
 
 - The Serve controller runs its control loop every 0.1 s, busy or idle (0.047 of the 2 cores,
   the GCS 0.026 with it). Every 0.5 s took the controller to 0.027 and the GCS to 0.011. What it
-  costs: the controller notices changes up to 0.4 s later — a start reaches `/readyz` about a
-  second later, and an upscale decision comes after `upscale_delay_s` (3 s here) plus at most
-  0.5 s instead of 0.1.
+  costs: the controller notices changes up to 0.4 s later — a start reaches `/readyz` 1–2 s
+  later (12.3 s against 11.0 on average here), and an upscale decision comes after
+  `upscale_delay_s` (3 s here) plus at most 0.5 s instead of 0.1.
 - Serve writes every log line (an access line per request and per tier call) to its log files
   under Ray's session directory *and* to the worker's stderr, which Ray's log monitor tails,
   publishes through the GCS and `clinie serve` prints (0.016 cores of log monitor, part of the
