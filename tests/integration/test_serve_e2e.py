@@ -851,52 +851,50 @@ def test_autoscaling_config_is_applied(service: dict[str, Any]):
         assert applied["ray_actor_options"]["num_cpus"] == wanted[name]["ray_actor_options"]["num_cpus"]
 
 
-def test_the_request_path_runs_above_the_model_replicas(service: dict[str, Any]):
-    # Ray would start every worker at nice 15, below its daemons and any client on the machine:
-    # clinie's local start puts the proxy, the Ingress and the controller at this process's nice,
-    # and the model replicas model_nice below it (serve_app/worker_priority.py). Ray titles each
-    # worker process by its actor (`ray::ProxyActor`, `ray::ServeReplica:clinie:FastTier`, ...).
-    base = os.getpriority(os.PRIO_PROCESS, 0)
-    step = service["cfg"].model_nice
-    assert step > 0, "the local config lowers the model replicas"
-    nice: dict[str, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        try:
-            title = (proc / "cmdline").read_bytes().split(b"\0")[0].decode()
-            # `ray::ServeReplica:clinie:Ingress`, or with the method running: `...:Ingress.method`
-            names = {part.split(".")[0] for part in title.removeprefix("ray::").split(":")}
-            role = next((r for r in ("ProxyActor", "Ingress", "FastTier", "LLMTier") if r in names), None)
-            if title.startswith("ray::") and role:
-                nice.setdefault(role, []).append(os.getpriority(os.PRIO_PROCESS, int(proc.name)))
-        except (OSError, ValueError):
-            continue  # not a process, or one that ended meanwhile
-    assert set(nice) >= {"ProxyActor", "Ingress", "FastTier"}, nice
-    assert all(n == base for role in ("ProxyActor", "Ingress") for n in nice[role]), nice
-    assert all(n == min(19, base + step) for role in ("FastTier", "LLMTier") for n in nice.get(role, [])), nice
-
-
-def _ray_processes(role: str) -> list[Path]:
-    """/proc entries of the Ray workers titled by `role` (`ServeController`, `ProxyActor`, ...)."""
+def _ray_workers() -> list[tuple[Path, str]]:
+    """(/proc entry, title) of every Ray worker process: Ray titles each by its actor
+    (`ray::ProxyActor`, `ray::ServeController`, `ray::ServeReplica:clinie:FastTier`, ...)."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
             title = (proc / "cmdline").read_bytes().split(b"\0")[0].decode()
         except (OSError, ValueError):
-            continue
-        if title.startswith("ray::") and role in title:
-            found.append(proc)
+            continue  # not a process, or one that ended meanwhile
+        if title.startswith("ray::"):
+            found.append((proc, title))
     return found
+
+
+def test_the_request_path_runs_above_the_model_replicas(service: dict[str, Any]):
+    # Ray would start every worker at nice 15, below its daemons and any client on the machine:
+    # clinie's local start puts the proxy, the Ingress and the controller at this process's nice,
+    # and the model replicas model_nice below it (serve_app/worker_priority.py).
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    step = service["cfg"].model_nice
+    assert step > 0, "the local config lowers the model replicas"
+    nice: dict[str, list[int]] = {}
+    for proc, title in _ray_workers():
+        # `ray::ServeReplica:clinie:Ingress`, or with the method running: `...:Ingress.method`
+        names = {part.split(".")[0] for part in title.removeprefix("ray::").split(":")}
+        role = next((r for r in ("ProxyActor", "Ingress", "FastTier", "LLMTier") if r in names), None)
+        if role:
+            try:
+                nice.setdefault(role, []).append(os.getpriority(os.PRIO_PROCESS, int(proc.name)))
+            except OSError:
+                continue  # ended meanwhile
+    assert set(nice) >= {"ProxyActor", "Ingress", "FastTier"}, nice
+    assert all(n == base for role in ("ProxyActor", "Ingress") for n in nice[role]), nice
+    assert all(n == min(19, base + step) for role in ("FastTier", "LLMTier") for n in nice.get(role, [])), nice
 
 
 def test_ray_upkeep_is_light_and_replica_logs_stay_in_files(service: dict[str, Any]):
     # serve_app/ray_upkeep.py: the Serve controller loops every 0.5 s, and Serve's log lines go to
     # its files only, not also to the workers' stderr (which Ray's log monitor tails and ships).
-    controllers = _ray_processes("ServeController")
+    controllers = [proc for proc, title in _ray_workers() if "ServeController" in title]
     assert controllers, "no Serve controller process"
     env = dict(kv.split(b"=", 1) for kv in (controllers[0] / "environ").read_bytes().split(b"\0") if b"=" in kv)
     assert env.get(b"RAY_SERVE_CONTROL_LOOP_INTERVAL_S") == b"0.5"
-    marker = f"upkeep-{time.time_ns()}"
-    assert call("/v1/extract", {"text": NOTE, "policy": "fast-only", "note_id": marker})[0] == 200
+    assert call("/v1/extract", {"text": NOTE, "policy": "fast-only"})[0] == 200
     import ray
 
     logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
