@@ -26,7 +26,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from clinie.paths import CONFIG_DIR
-from serve_app import proxy_retry, worker_priority
+from serve_app import ray_env
 
 CLUSTER_CONFIG = CONFIG_DIR / "serve.cluster.yaml"
 
@@ -74,8 +74,7 @@ def _run(cmd: list[str]) -> None:
 
 def up(port: int = 6379, dashboard_port: int = 8265) -> str:
     """Start the head and the workers; returns the cluster address."""
-    proxy_retry.install_env()  # every node's proxy (started by its raylet) retries a lost Ingress
-    worker_priority.install_env()  # the request path not below the other processes of the machine
+    ray_env.install("cluster")  # every node's raylet, and the proxy and workers it starts, inherit it
     ray = _ray_cli()
     _run(
         [

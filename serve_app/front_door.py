@@ -51,13 +51,10 @@ HAPROXY_ENV: dict[str, str] = {
 }
 
 
-def install_env(door: FrontDoor, environ: MutableMapping[str, str] | None = None) -> None:
-    """Set `door`'s Ray settings in `environ` (this process's by default) unless the operator set
-    their own. Must run before Ray starts; `proxy` is Ray's default and sets nothing."""
-    env = os.environ if environ is None else environ
-    if door is FrontDoor.HAPROXY:
-        for key, value in HAPROXY_ENV.items():
-            env.setdefault(key, value)
+def ray_env(door: FrontDoor) -> dict[str, str]:
+    """`door`'s Ray settings (installed by serve_app/ray_env.py before Ray starts); `proxy` is
+    Ray's default and sets nothing."""
+    return dict(HAPROXY_ENV) if door is FrontDoor.HAPROXY else {}
 
 
 def active(environ: MutableMapping[str, str] | None = None) -> FrontDoor:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from clinie.paths import CONFIG_DIR, repo_path
-from serve_app import front_door, proxy_retry, ray_upkeep, worker_priority
+from serve_app import front_door, ray_env, ray_upkeep
 from serve_app.config import AppConfig
 from serve_app.front_door import FrontDoor
 
@@ -136,11 +136,8 @@ def start(
     cpus = num_cpus or max(4, (os.cpu_count() or 2) + 2)
     starting_ray = not ray.is_initialized()
     if starting_ray:
-        # Ray's processes read both when they start: they inherit them from the raylet started here
-        proxy_retry.install_env()
-        front_door.install_env(door)
-        worker_priority.install_env()
-        ray_upkeep.install_env()  # Ray's own loop and log traffic: cores the fast tier answers with
+        # Ray's processes read their settings as they start: they inherit them from the raylet started here
+        ray_env.install("local", door)
     running = front_door.active()
     if running is not door:  # Ray running already, or the operator's own environment
         raise ValueError(

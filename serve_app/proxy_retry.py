@@ -33,7 +33,6 @@ import asyncio
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -62,17 +61,11 @@ DEFAULT_DEADLINE_MS: float = AppConfig.model_fields["default_deadline_ms"].defau
 """The deadline of a request that names none (the proxy does not see the app's config: a config
 that changes the default changes only how long a retry may wait for a replacement Ingress before
 this middleware's 503)."""
+RAY_ENV = {ENV: CALLBACK}
+"""Installed by serve_app/ray_env.py wherever clinie starts Ray: Ray's proxy actors inherit the
+environment of the raylet that starts them (an operator's own hook is kept)."""
 RETRY_AFTER_S = 2
 """A replacement Ingress replica is ready in seconds (README, faults table)."""
-
-
-def install_env(environ: MutableMapping[str, str] | None = None) -> None:
-    """Set the hook in `environ` (this process's by default) unless the operator set their own.
-
-    Ray's proxy actors inherit the environment of the raylet that starts them, so this must run
-    before `ray.init()` / `ray start`."""
-    env = os.environ if environ is None else environ
-    env.setdefault(ENV, CALLBACK)
 
 
 def middlewares() -> list[Any]:

@@ -16,8 +16,8 @@ costs of Ray's defaults, measured under 8 closed-loop clients at full capacity (
   GCS's). With `RAY_SERVE_LOG_TO_STDERR=0` the lines, and anything a replica prints, go to the
   files only; `clinie serve` says where they are.
 
-An operator's own value of either variable is kept. Set them before Ray starts: its processes
-read them as they start. The multi-node cluster (`serve_app/cluster.py`) keeps Ray's defaults:
+An operator's own value of either variable is kept (serve_app/ray_env.py sets them before Ray
+starts: its processes read them as they start). The multi-node cluster (`serve_app/cluster.py`) keeps Ray's defaults:
 its nodes are for placement and failover, not for the last percent of two shared cores.
 """
 
@@ -34,15 +34,11 @@ delays (`upscale_delay_s`, health-check periods: seconds) make no faster."""
 LOG_TO_STDERR_ENV = "RAY_SERVE_LOG_TO_STDERR"
 LOG_TO_STDERR = "0"
 
+RAY_ENV = {CONTROL_LOOP_ENV: CONTROL_LOOP_INTERVAL_S, LOG_TO_STDERR_ENV: LOG_TO_STDERR}
+"""Installed by serve_app/ray_env.py for `clinie serve`."""
+
 SERVE_LOG_SUBDIR = ("logs", "serve")
 """Where Serve's log files are, under Ray's session directory."""
-
-
-def install_env(environ: MutableMapping[str, str] | None = None) -> None:
-    """Set both unless the operator did (before `ray.init()`)."""
-    env = os.environ if environ is None else environ
-    env.setdefault(CONTROL_LOOP_ENV, CONTROL_LOOP_INTERVAL_S)
-    env.setdefault(LOG_TO_STDERR_ENV, LOG_TO_STDERR)
 
 
 def logs_to_stderr(environ: MutableMapping[str, str] | None = None) -> bool:

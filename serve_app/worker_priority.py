@@ -14,17 +14,10 @@ the only workers that compute flat out, step down by themselves (`deployments/pr
 
 from __future__ import annotations
 
-import os
-from collections.abc import MutableMapping
-
 ENV = "RAY_worker_niceness"
 """Read by the raylet as it starts (it hands the value to every worker it starts)."""
 
 WORKER_NICE = "0"
 
-
-def install_env(environ: MutableMapping[str, str] | None = None) -> None:
-    """Start Ray's workers at nice 0 unless the operator set their own value; like every Ray
-    setting read from the environment, before `ray.init()` / `ray start`."""
-    env = os.environ if environ is None else environ
-    env.setdefault(ENV, WORKER_NICE)
+RAY_ENV = {ENV: WORKER_NICE}
+"""Installed by serve_app/ray_env.py wherever clinie starts Ray (an operator's own value kept)."""

@@ -57,11 +57,11 @@ def cluster(tiny_model: Path, clinie_home: Path) -> Iterator[dict[str, Any]]:
     from ray.serve.config import gRPCOptions
 
     from deployments.llm_tier.default_model import ensure_default_llm
-    from serve_app import local, proxy_retry
+    from serve_app import local, ray_env
     from serve_app.cluster import CLUSTER_CONFIG
 
     os.environ["CLINIE_HOME"] = str(clinie_home)  # the nodes' workers inherit this environment
-    proxy_retry.install_env()  # as `serve_app.cluster up`: every node's proxy retries a lost Ingress
+    ray_env.install("cluster")  # as `serve_app.cluster up`: every node's proxy retries a lost Ingress
     ensure_default_llm()
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {label_resource("head"): 1}})
     nodes = {

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from clinie.paths import REPO_ROOT
-from serve_app import proxy_retry
+from serve_app import proxy_retry, ray_env
 from serve_app.proxy_retry import SPENT_HEADER, RetryLostIngress
 from serve_app.proxy_shed import ShedAtFrontDoor
 from serve_app.wire import spent_ms
@@ -173,12 +173,8 @@ def test_every_proxy_gets_the_hook() -> None:
     """`clinie serve` and the local cluster set the env var before Ray starts; the KubeRay
     manifest sets it on every container (each pod runs a proxy); the cluster launcher config on
     every node's container."""
-    env: dict[str, str] = {}
-    proxy_retry.install_env(env)
-    assert env == {proxy_retry.ENV: proxy_retry.CALLBACK}
-    env[proxy_retry.ENV] = "ops.own:callback"
-    proxy_retry.install_env(env)
-    assert env[proxy_retry.ENV] == "ops.own:callback"  # an operator's own hook is kept
+    for where in ("local", "cluster"):
+        assert ray_env.settings(where)[proxy_retry.ENV] == proxy_retry.CALLBACK  # tests/unit/test_ray_env.py
     manifest = yaml.safe_load((REPO_ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text())
     cluster = manifest["spec"]["rayClusterConfig"]
     for pod in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
