@@ -92,7 +92,8 @@ class TrainConfig(BaseModel):
     bf16: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="bf16 autocast for training; `auto` turns it on where the CPU has native bf16 "
-        "(avx512_bf16 / AMX) or a CUDA device is used. About 1.6x faster steps measured here.",
+        "(avx512_bf16 / AMX): about 1.6x faster steps measured there. Without it bf16 is emulated and a "
+        "step took 20x the fp32 one (benchmarks/train_step.py); `on` then warns.",
     )
     learning_rate: float = Field(
         default=1e-3, gt=0, description="Peak AdamW learning rate of the new heads (linear decay)."
