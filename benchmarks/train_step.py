@@ -34,7 +34,7 @@ import torch
 from deployments.fast_tier import features as F
 from deployments.fast_tier.config import TrainConfig, embedded_encoder_dir
 from deployments.fast_tier.training.modeling import JointTagger, load_encoder
-from deployments.fast_tier.training.train import native_bf16
+from deployments.fast_tier.training.train import native_bf16, optimiser
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = ("default", "no-attention-dropout", "frozen-bottom-2", "bf16")
@@ -52,14 +52,12 @@ class Variant:
             for layer in enc.encoder.layer:  # type: ignore[union-attr]
                 layer.attention.self.dropout.p = 0.0
         self.model = JointTagger(enc, len(F.ENTITY_TAGS), len(F.MODIFIER_TAGS), pair_head=False)
-        enc.get_input_embeddings().weight.requires_grad_(not cfg.freeze_word_embeddings)  # type: ignore[operator]
         if name.startswith("frozen-bottom-"):
             frozen = [enc.embeddings, *enc.encoder.layer[: int(name.rsplit("-", 1)[1])]]  # type: ignore[union-attr,index]
             for module in frozen:
                 module.requires_grad_(False)
         self.bf16 = name == "bf16"
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=cfg.encoder_learning_rate or cfg.learning_rate)
+        self.opt = optimiser(self.model, cfg)  # training's own: frozen word embeddings, two learning rates
         self.loss = torch.nn.CrossEntropyLoss()
         self.model.train()
 

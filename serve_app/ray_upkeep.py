@@ -17,8 +17,9 @@ costs of Ray's defaults, measured under 8 closed-loop clients at full capacity (
   files only; `clinie serve` says where they are.
 
 An operator's own value of either variable is kept (serve_app/ray_env.py sets them before Ray
-starts: its processes read them as they start). The multi-node cluster (`serve_app/cluster.py`) keeps Ray's defaults:
-its nodes are for placement and failover, not for the last percent of two shared cores.
+starts: its processes read them as they start). The multi-node cluster (`serve_app/cluster.py`)
+keeps Ray's defaults: its nodes are for placement and failover, not for the last percent of two
+shared cores.
 """
 
 from __future__ import annotations

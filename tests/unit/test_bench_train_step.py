@@ -41,7 +41,7 @@ def test_the_default_trains_all_but_the_word_embeddings_and_the_variant_drops_at
     assert all(layer.attention.self.dropout.p == 0 for layer in plain.model.encoder.encoder.layer)
 
 
-def test_a_run_reports_every_variant_against_the_first(tmp_path: Path) -> None:
+def test_a_run_reports_every_variant_against_the_first() -> None:
     out = train_step.run(["default", "frozen-bottom-1"], rounds=1, threads=1, profile=False, cfg=TINY)
     assert out["batch"] == [2, 18] and set(out["variants"]) == {"default", "frozen-bottom-1"}
     assert out["variants"]["default"]["vs_default"] == 1.0

@@ -194,6 +194,22 @@ def _total_steps(epoch_size: int, epochs: float, batch_size: int, cfg: TrainConf
     return min(total, cfg.max_steps) if cfg.max_steps is not None else total
 
 
+def optimiser(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """The recipe's AdamW over `model` (an encoder and its heads): the word embeddings frozen where
+    `cfg` says so, the encoder at its own learning rate, the heads at theirs. Parameters frozen
+    before the call stay out of it."""
+    if cfg.freeze_word_embeddings:
+        model.encoder.get_input_embeddings().weight.requires_grad_(False)  # type: ignore[attr-defined]
+    enc_lr = cfg.encoder_learning_rate or cfg.learning_rate
+    encoder_params = [p for p in model.encoder.parameters() if p.requires_grad]  # type: ignore[attr-defined]
+    enc_ids = {id(p) for p in model.encoder.parameters()}  # type: ignore[attr-defined]
+    head_params = [p for p in model.parameters() if id(p) not in enc_ids]
+    return torch.optim.AdamW(
+        [{"params": encoder_params, "lr": enc_lr}, {"params": head_params, "lr": cfg.learning_rate}],
+        weight_decay=cfg.weight_decay,
+    )
+
+
 def _fit(
     model: torch.nn.Module,
     lengths: Sequence[int],
@@ -206,17 +222,8 @@ def _fit(
     """AdamW with linear warm-up and decay over `total` steps (`_total_steps`); returns the mean
     loss of each pass over `lengths`."""
     rng = random.Random(cfg.seed)
-    if cfg.freeze_word_embeddings:
-        model.encoder.get_input_embeddings().weight.requires_grad_(False)  # type: ignore[attr-defined]
+    opt = optimiser(model, cfg)
     use_bf16 = uses_bf16(cfg)
-    enc_lr = cfg.encoder_learning_rate or cfg.learning_rate
-    encoder_params = [p for p in model.encoder.parameters() if p.requires_grad]  # type: ignore[attr-defined]
-    enc_ids = {id(p) for p in model.encoder.parameters()}  # type: ignore[attr-defined]
-    head_params = [p for p in model.parameters() if id(p) not in enc_ids]
-    opt = torch.optim.AdamW(
-        [{"params": encoder_params, "lr": enc_lr}, {"params": head_params, "lr": cfg.learning_rate}],
-        weight_decay=cfg.weight_decay,
-    )
     warmup = max(1, int(total * cfg.warmup_fraction))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
