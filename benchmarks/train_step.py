@@ -3,10 +3,14 @@ faster first run would change.
 
 The first `make run` trains the default fast tier (480 steps of `batch_size` windows of
 `window_tokens` word-pieces); on a 2-core CPU that is most of the first run. This times the
-default recipe's step (the embedded encoder, word embeddings frozen, the checkpoint's dropout)
-beside variants of it, each its own model, in interleaved rounds (each round times one step of
-every variant in turn; medians over rounds), split into forward, backward and the optimiser:
+default recipe's step (the embedded encoder, word embeddings frozen, the checkpoint's dropout
+rates, masks drawn by training/fast_dropout.py) beside variants of it, each its own model, in
+interleaved rounds (each round times one step of every variant in turn; medians over rounds),
+split into forward, backward and the optimiser:
 
+- `torch-dropout`: PyTorch's own dropout (`bernoulli_` masks, SDPA attention), what the recipe
+  trained with before `fast_dropout` (the same keep distribution from a quarter of the
+  generator calls);
 - `no-attention-dropout`: the encoder's attention-probability dropout at 0 (speed only;
   what it does to F1 needs a training run: README "How the fast tier works");
 - `frozen-bottom-N`: the embeddings and the encoder's first N layers frozen (no backward below);
@@ -16,7 +20,8 @@ every variant in turn; medians over rounds), split into forward, backward and th
 Random word-piece ids in full windows (most training windows are full); the span-pair head is
 left out (its share of a step is small). `--profile` adds PyTorch's operator table for the default.
 
-    python -m benchmarks.train_step [--rounds 8] [--variants default,no-attention-dropout,frozen-bottom-2,bf16]
+    python -m benchmarks.train_step [--rounds 8] [--profile]
+        [--variants default,torch-dropout,no-attention-dropout,frozen-bottom-2,bf16]
 """
 
 from __future__ import annotations
@@ -33,12 +38,13 @@ import torch
 
 from deployments.fast_tier import features as F
 from deployments.fast_tier.config import TrainConfig, embedded_encoder_dir
+from deployments.fast_tier.training.fast_dropout import use_fast_dropout
 from deployments.fast_tier.training.modeling import JointTagger, load_encoder
 from deployments.fast_tier.training.train import native_bf16, optimiser
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = ("default", "no-attention-dropout", "frozen-bottom-2", "bf16")
-DEFAULT_VARIANTS = VARIANTS[:3]
+VARIANTS = ("default", "torch-dropout", "no-attention-dropout", "frozen-bottom-2", "bf16")
+DEFAULT_VARIANTS = VARIANTS[:4]
 """`bf16` only on request: without native bf16 one step takes minutes (measured 20x the default)."""
 
 
@@ -52,6 +58,7 @@ class Variant:
             for layer in enc.encoder.layer:  # type: ignore[union-attr]
                 layer.attention.self.dropout.p = 0.0
         self.model = JointTagger(enc, len(F.ENTITY_TAGS), len(F.MODIFIER_TAGS), pair_head=False)
+        use_fast_dropout(self.model, cfg.fast_dropout and name != "torch-dropout")  # as train_tagger does
         if name.startswith("frozen-bottom-"):
             frozen = [enc.embeddings, *enc.encoder.layer[: int(name.rsplit("-", 1)[1])]]  # type: ignore[union-attr,index]
             for module in frozen:

@@ -95,6 +95,13 @@ class TrainConfig(BaseModel):
         "(avx512_bf16 / AMX): about 1.6x faster steps measured there. Without it bf16 is emulated and a "
         "step took 20x the fp32 one (benchmarks/train_step.py); `on` then warns.",
     )
+    fast_dropout: bool = Field(
+        default=True,
+        description="Draw the encoder's dropout masks four 16-bit uniforms to a 64-bit draw instead of PyTorch's "
+        "one `bernoulli_` call a value (training/fast_dropout.py): the same keep distribution, to 1/65536, for "
+        "a cheaper training step on CPU (benchmarks/train_step.py: `torch-dropout` is the other). `false`: "
+        "PyTorch's dropout and SDPA attention, as models before this field trained.",
+    )
     learning_rate: float = Field(
         default=1e-3, gt=0, description="Peak AdamW learning rate of the new heads (linear decay)."
     )
@@ -133,6 +140,8 @@ class TrainConfig(BaseModel):
         skip = {"data_dir", "output_dir", "threads", "export_fp32", "keep_pytorch"}
         if not self.steps_of_train_split:  # a later field, left out when off: earlier models keep their tags
             skip.add("steps_of_train_split")
+        if not self.fast_dropout:  # likewise: a model trained with PyTorch's dropout keeps its tag
+            skip.add("fast_dropout")
         payload = self.model_dump_json(exclude=skip)
         return hashlib.sha256((payload + data_hash).encode()).hexdigest()[:10]
 

@@ -10,6 +10,7 @@ import torch
 
 from benchmarks import train_step
 from deployments.fast_tier.config import TrainConfig, embedded_encoder_dir
+from deployments.fast_tier.training.fast_dropout import ATTENTION, FastDropout
 
 TINY = TrainConfig(data_dir=Path("."), output_dir=Path("."), batch_size=2, window_tokens=16, window_stride=4)
 
@@ -39,6 +40,16 @@ def test_the_default_trains_all_but_the_word_embeddings_and_the_variant_drops_at
     assert all(layer.attention.self.dropout.p > 0 for layer in layers)
     plain = train_step.Variant("no-attention-dropout", str(embedded_encoder_dir()), TINY)
     assert all(layer.attention.self.dropout.p == 0 for layer in plain.model.encoder.encoder.layer)
+
+
+def test_the_default_steps_with_the_recipes_fast_dropout_and_torch_dropout_with_pytorchs() -> None:
+    kinds = {}
+    for name in ("default", "torch-dropout"):
+        model = train_step.Variant(name, str(embedded_encoder_dir()), TINY).model
+        dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+        kinds[name] = ({type(m) for m in dropouts}, model.encoder.config._attn_implementation)
+    assert kinds["default"] == ({FastDropout}, ATTENTION)
+    assert kinds["torch-dropout"] == ({torch.nn.Dropout}, "sdpa")
 
 
 def test_a_run_reports_every_variant_against_the_first() -> None:

@@ -37,6 +37,7 @@ from deployments.fast_tier.config import (
     embedded_encoder_dir,
 )
 from deployments.fast_tier.pairs import PairIndex, pair_index
+from deployments.fast_tier.training.fast_dropout import use_fast_dropout
 from deployments.fast_tier.training.modeling import JointTagger, RelationClassifier, load_encoder, save_module
 
 log = logging.getLogger(__name__)
@@ -299,7 +300,9 @@ def train_tagger(
 
     lengths = [len(e.ids) for e in examples]
     desc = "train tagger + relations" if with_pairs else "train tagger"
+    use_fast_dropout(model, cfg.fast_dropout)
     losses = _fit(model, lengths, loss_of, steps, cfg.batch_size, cfg, desc)
+    use_fast_dropout(model, False)  # back to what load_encoder builds, for export and saving
     return model, losses
 
 
@@ -319,7 +322,9 @@ def train_relation(
         return ce(logits.float(), labels)
 
     lengths = [len(e.ids) for e in examples]
+    use_fast_dropout(model, cfg.fast_dropout)
     losses = _fit(model, lengths, loss_of, steps, cfg.relation_batch_size, cfg, "train relations")
+    use_fast_dropout(model, False)
     return model, losses
 
 
