@@ -1,22 +1,23 @@
-"""Dropout at a quarter of PyTorch's CPU cost, for training the tagger (same distribution).
+"""Dropout masks at a fraction of PyTorch's CPU cost, for training (the same distribution).
 
-PyTorch's CPU dropout draws its keep mask with `bernoulli_`, one generator call per element:
-on this project's training step (`python -m benchmarks.train_step --profile`) `bernoulli_` was
-15.5% of the step, most of it the attention probabilities' dropout (16 x 12 x 128 x 128 values
-a layer). Here the mask comes from 64-bit draws of the same generator, each cut into four 16-bit
-uniforms (`keep = u >= round(p * 65536)`): a quarter of the generator calls for the same
-independent Bernoulli keep of each value. The kept values are scaled by 65536 / (65536 - k),
-the exact inverse of the keep rate actually drawn, so the expectation is unchanged; p is
-resolved to 1/65536 (0.1 becomes 0.100006).
+PyTorch's CPU dropout draws its keep mask with `bernoulli_`, one generator call per value: on
+this project's training step (`python -m benchmarks.train_step --profile`) `bernoulli_` was 15.5%
+of the step, most of it the attention probabilities' dropout (16 x 12 x 128 x 128 values a
+layer). Here the mask comes from 64-bit draws of the same generator, each cut into four 16-bit
+uniforms u (keep where u >= k, k = round(p * 65536)): a quarter of the generator calls for the
+same independent Bernoulli keep of each value. Kept values are scaled by 65536 / (65536 - k),
+the exact inverse of the keep rate drawn, so the expectation is unchanged; p is resolved to
+1/65536 (0.1 becomes 0.100006).
 
-Two parts, both training only (in eval mode nothing is dropped and nothing changes):
-- `FastDropout`, an `nn.Dropout` in place, for the hidden-state dropouts;
+Two parts, both for training only (in eval mode nothing is dropped and outputs are unchanged):
+- `FastDropout`, an `nn.Dropout` in its place, for the hidden-state and heads' dropouts;
 - the attention probabilities' dropout, which Transformers applies inside its attention function
-  (PyTorch's scaled-dot-product attention on CPU falls back to its math path with dropout, which
+  (PyTorch's scaled-dot-product attention on CPU falls back to its math path for dropout, which
   draws with `bernoulli_` too): an eager attention registered under `ATTENTION` whose dropout is
-  `fast_dropout`. `use_fast_dropout(encoder)` installs both; export switches attention to its
-  own graph form and back, and a saved model's config names the implementation it was trained
-  with (`sdpa` is restored by `use_fast_dropout(encoder, False)` before saving).
+  `fast_dropout`.
+`use_fast_dropout(model)` installs both; training switches a model over for its fit and back
+(`use_fast_dropout(model, False)`: `nn.Dropout` and `sdpa`) before export and saving, so nothing
+after training sees it.
 """
 
 from __future__ import annotations
