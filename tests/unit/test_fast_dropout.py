@@ -128,3 +128,13 @@ def test_the_setting_is_part_of_a_models_version_only_when_on() -> None:
     skip = {"data_dir", "output_dir", "threads", "export_fp32", "keep_pytorch", "steps_of_train_split", "fast_dropout"}
     before = hashlib.sha256((off.model_dump_json(exclude=skip) + "h").encode()).hexdigest()[:10]
     assert off.version("h") == before
+
+
+def test_switching_back_restores_the_attention_the_encoder_had() -> None:
+    model = _tagger()
+    model.encoder.set_attn_implementation("eager")
+    use_fast_dropout(model)
+    use_fast_dropout(model)  # twice: still restores what it had before the first
+    assert model.encoder.config._attn_implementation == ATTENTION
+    use_fast_dropout(model, False)
+    assert model.encoder.config._attn_implementation == "eager"

@@ -22,12 +22,15 @@ after training sees it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+log = logging.getLogger(__name__)
 
 ATTENTION = "clinie_fast_dropout"
 """The attention implementation's registered name (Transformers' `attn_implementation`)."""
@@ -107,13 +110,23 @@ AttentionMaskInterface.register(ATTENTION, eager_mask)  # an additive float mask
 
 def use_fast_dropout(model: nn.Module, on: bool = True) -> None:
     """Switch every dropout of `model` (the encoder's hidden and attention dropouts, the heads')
-    to the cheaper mask, or back (`on=False`: `nn.Dropout` and `sdpa` attention, what
-    `load_encoder` builds). Eval-mode outputs are the same either way."""
+    to the cheaper mask, or back (`on=False`: `nn.Dropout`, and the attention the encoder had,
+    `sdpa` as `load_encoder` builds it). Eval-mode outputs are the same either way."""
     for parent in list(model.modules()):
         for attr, sub in list(parent.named_children()):
             if isinstance(sub, nn.Dropout) and (type(sub) is FastDropout) != on:
                 swapped = (FastDropout if on else nn.Dropout)(sub.p)
                 setattr(parent, attr, swapped.train(sub.training))  # a new module starts in train mode
     for module in model.modules():
-        if isinstance(module, PreTrainedModel):
-            module.set_attn_implementation(ATTENTION if on else "sdpa")
+        if not isinstance(module, PreTrainedModel):
+            continue
+        current = module.config._attn_implementation
+        if not on:
+            module.set_attn_implementation(getattr(module, "_attention_before_fast_dropout", current))
+        elif current != ATTENTION:
+            try:
+                module.set_attn_implementation(ATTENTION)
+            except (ValueError, NotImplementedError) as exc:  # an encoder family without the interface
+                log.warning("%s: attention dropout stays PyTorch's (%s)", type(module).__name__, exc)
+                continue
+            module._attention_before_fast_dropout = current
