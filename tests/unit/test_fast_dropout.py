@@ -138,3 +138,23 @@ def test_switching_back_restores_the_attention_the_encoder_had() -> None:
     assert model.encoder.config._attn_implementation == ATTENTION
     use_fast_dropout(model, False)
     assert model.encoder.config._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_training_fits_with_the_configured_dropout_and_hands_back_the_built_modules(on: bool) -> None:
+    from deployments.fast_tier.training.train import _fit
+
+    model = _tagger()
+    cfg = TrainConfig(data_dir=Path("."), output_dir=Path("."), fast_dropout=on)
+    seen: list[tuple[set[type], str]] = []
+
+    def loss_of(batch: list[int]) -> torch.Tensor:
+        kinds = {type(m) for m in model.modules() if isinstance(m, nn.Dropout)}
+        seen.append((kinds, model.encoder.config._attn_implementation))
+        ids = torch.randint(1000, 20000, (len(batch), 8))
+        return model(ids, torch.ones_like(ids))[0].float().pow(2).mean()
+
+    _fit(model, [8, 8], loss_of, total=2, batch_size=1, cfg=cfg, desc="test")
+    assert seen == [({FastDropout}, ATTENTION) if on else ({nn.Dropout}, "sdpa")] * 2
+    assert {type(m) for m in model.modules() if isinstance(m, nn.Dropout)} == {nn.Dropout}
+    assert model.encoder.config._attn_implementation == "sdpa" and not model.training

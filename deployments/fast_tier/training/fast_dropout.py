@@ -16,13 +16,14 @@ Two parts, both for training only (in eval mode nothing is dropped and outputs a
   draws with `bernoulli_` too): an eager attention registered under `ATTENTION` whose dropout is
   `fast_dropout`.
 `use_fast_dropout(model)` installs both; training switches a model over for its fit and back
-(`use_fast_dropout(model, False)`: `nn.Dropout` and `sdpa`) before export and saving, so nothing
-after training sees it.
+(`use_fast_dropout(model, False)`: `nn.Dropout` and the attention the encoder had) before export
+and saving, so nothing after training sees it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -40,9 +41,7 @@ _LEVELS = 65536  # the uniforms are 16-bit
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | None = None) -> torch.Tensor:
     """A bool mask, each value kept independently with probability 1 - p (to 1/65536), drawn
     from torch's default generator (so `torch.manual_seed` makes it reproducible)."""
-    n = 1
-    for s in shape:
-        n *= s
+    n = math.prod(shape)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
     # The full signed range: random_() alone draws [0, 2**63), which would leave every fourth
     # 16-bit part without its top bit (measured: a keep rate of 0.925 for p = 0.1).

@@ -221,7 +221,8 @@ def _fit(
     desc: str,
 ) -> list[float]:
     """AdamW with linear warm-up and decay over `total` steps (`_total_steps`); returns the mean
-    loss of each pass over `lengths`."""
+    loss of each pass over `lengths`. Dropout masks are drawn by training/fast_dropout.py where
+    `cfg.fast_dropout` says so."""
     rng = random.Random(cfg.seed)
     opt = optimiser(model, cfg)
     use_bf16 = uses_bf16(cfg)
@@ -229,6 +230,7 @@ def _fit(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
     )
+    use_fast_dropout(model, cfg.fast_dropout)  # the cheaper masks for the fit only
     model.train()
     losses: list[float] = []
     step = 0
@@ -251,6 +253,7 @@ def _fit(
                 break
         losses.append(float(np.mean(epoch_losses)))
     bar.close()
+    use_fast_dropout(model, False)  # export and saving see the modules load_encoder built
     model.eval()
     return losses
 
@@ -300,9 +303,7 @@ def train_tagger(
 
     lengths = [len(e.ids) for e in examples]
     desc = "train tagger + relations" if with_pairs else "train tagger"
-    use_fast_dropout(model, cfg.fast_dropout)
     losses = _fit(model, lengths, loss_of, steps, cfg.batch_size, cfg, desc)
-    use_fast_dropout(model, False)  # back to what load_encoder builds, for export and saving
     return model, losses
 
 
@@ -322,9 +323,7 @@ def train_relation(
         return ce(logits.float(), labels)
 
     lengths = [len(e.ids) for e in examples]
-    use_fast_dropout(model, cfg.fast_dropout)
     losses = _fit(model, lengths, loss_of, steps, cfg.relation_batch_size, cfg, "train relations")
-    use_fast_dropout(model, False)
     return model, losses
 
 
