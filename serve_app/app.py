@@ -68,6 +68,7 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
         cfg.fast_batch_wait_timeout_s,
         cfg.fast_tier_threads,
         cfg.model_nice,
+        cfg.fast_tier_span_floor.model_dump(),
     )
     fast = FastTierDeployment.options(**opts.get("FastTier", {})).bind(*fast_args)
     llm = None

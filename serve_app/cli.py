@@ -40,6 +40,7 @@ def _setup_logging(verbose: bool) -> None:
 def cmd_extract(args: argparse.Namespace) -> int:
     from clinie.inputs import InputPathError, read_inputs
     from clinie.schema import NoteError
+    from deployments.fast_tier.config import SpanFloor
     from deployments.llm_tier.config import LLMTierConfig
     from router import PolicyConfigError
     from serve_app.pipeline import Pipeline, PolicyError, load_router
@@ -53,12 +54,17 @@ def cmd_extract(args: argparse.Namespace) -> int:
         llm_fields["lora_adapter"] = args.llm_lora
     if args.llm_timeout is not None:
         llm_fields["request_timeout_s"] = args.llm_timeout
+    try:
+        span_floor = SpanFloor.parse(args.span_floor) if args.span_floor is not None else None
+    except ValueError as exc:  # pydantic's ValidationError is one too (a floor out of [0, 1))
+        raise UsageError(f"--span-floor: {exc}") from exc
     pipeline = Pipeline(
         model_dir=args.model,
         precision=args.precision,
         batch_size=args.batch_size,
         llm=LLMTierConfig.model_validate(llm_fields),
         router=router,
+        span_floor=span_floor,
     )
     try:
         pipeline.check_policy(args.policy)  # refuse an unknown policy before loading anything
@@ -311,6 +317,12 @@ def _add_extract(sub: Any) -> None:
     )
     e.add_argument("--precision", choices=["int8", "fp32"], default="int8", help="ONNX variant (default: int8).")
     e.add_argument("--batch-size", type=int, default=16, help="Windows per model call.")
+    e.add_argument(
+        "--span-floor",
+        metavar="ENTITY[,MODIFIER]",
+        help="Calibrated confidence below which a span is not reported: 0 reports every decoded span "
+        "(default: the engine's SpanFloor, half the recipe's strict dev F1 for entities).",
+    )
     e.add_argument("--llm-model", help="LLM tier model: checkpoint dir or hub id (default: embedded SmolLM2).")
     e.add_argument("--llm-lora", help="LoRA adapter folder (from `clinie train-llm`) served with the LLM.")
     e.add_argument("--llm-timeout", type=float, help="Deadline per note for the LLM tier, seconds (default 120).")

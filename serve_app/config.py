@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from deployments.fast_tier.config import SpanFloor
 from deployments.llm_tier.config import LLMTierConfig
 from serve_app.admission import AdmissionConfig
 
@@ -40,6 +41,11 @@ class AppConfig(BaseModel):
         "embedded default (built if needed).",
     )
     fast_tier_precision: Literal["int8", "fp32"] = Field(default="int8", description="Fast-tier ONNX variant.")
+    fast_tier_span_floor: SpanFloor = Field(
+        default_factory=SpanFloor,
+        description="Calibrated confidence below which the fast tier does not report a span (deployments/fast_tier/"
+        "config.py SpanFloor: entity, modifier; 0 reports every decoded span).",
+    )
     fast_tier_threads: int = Field(
         default=0, ge=0, description="ONNX Runtime threads per fast-tier replica; 0: one per core of the node."
     )

@@ -26,7 +26,7 @@ from clinie.ood import OOD_FILE
 from clinie.paths import policies_path
 from clinie.schema import ErrorBody, NoteError, NoteResult
 from clinie.validation import partition_notes
-from deployments.fast_tier.config import EngineConfig
+from deployments.fast_tier.config import EngineConfig, SpanFloor
 from deployments.fast_tier.default import resolve_model_dir
 from deployments.fast_tier.engine import FastTierEngine
 from deployments.llm_tier.config import LLMTierConfig
@@ -59,8 +59,9 @@ class Pipeline:
         llm: LLMTierConfig | None = None,
         router: Router | RouterConfig | None = None,
         threads: int = 0,
+        span_floor: SpanFloor | None = None,
     ):
-        self._fast_args = (model_dir, precision, batch_size, threads)
+        self._fast_args = (model_dir, precision, batch_size, threads, span_floor or SpanFloor())
         self.max_note_chars: int = EngineConfig.model_fields["max_note_chars"].default
         self._fast: FastTierEngine | None = None
         self.llm_cfg = llm or LLMTierConfig()
@@ -71,12 +72,13 @@ class Pipeline:
     @property
     def fast(self) -> FastTierEngine:
         if self._fast is None:  # resolved on first use: llm-only runs need no fast-tier model
-            model_dir, precision, batch_size, threads = self._fast_args
+            model_dir, precision, batch_size, threads, span_floor = self._fast_args
             cfg = EngineConfig(
                 model_dir=resolve_model_dir(model_dir),
                 precision=precision,  # type: ignore[arg-type]
                 batch_size=batch_size,
                 intra_op_threads=threads,
+                span_floor=span_floor,
             )
             self._fast = FastTierEngine(cfg)
         return self._fast

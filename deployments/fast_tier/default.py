@@ -35,6 +35,7 @@ from deployments.fast_tier.config import (
     MANIFEST_NAME,
     QUANT_RECIPE,
     ModelManifest,
+    SpanFloor,
     TrainConfig,
 )
 
@@ -130,15 +131,36 @@ def _notes(folder: Path | None, names: Iterable[str]) -> list[Document]:
 
 
 def _rescore_card(model_dir: Path, dev_docs: list[Document]) -> None:
-    """The model card's int8 dev scores again, from the re-exported graph (they describe the files
-    that serve); left as they were when the dev notes are not on this machine."""
+    """The model card's int8 dev scores again, as the engine now answers (a re-exported graph, or
+    another default span floor); left as they were when the dev notes are not on this machine."""
     if not dev_docs:
         return
-    from deployments.fast_tier.training.train import evaluate_dir
+    from deployments.fast_tier.training.train import score_card
 
     card = json.loads((model_dir / CARD_NAME).read_text())
-    card["dev_scores_int8"] = evaluate_dir(model_dir, dev_docs, "int8")
+    score_card(card, model_dir, dev_docs)
     (model_dir / CARD_NAME).write_text(json.dumps(card, indent=2))
+
+
+def _card(model_dir: Path) -> dict:
+    path = model_dir / CARD_NAME
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _scores_outdated(card: dict) -> bool:
+    """Whether the card's dev scores were measured at another span floor than the engine's default
+    (or before the floor existed)."""
+    return bool(card.get("dev_scores_int8")) and card.get("dev_scores_span_floor") != SpanFloor().model_dump()
+
+
+def _recipe_section_outdated(card: dict) -> bool:
+    """Whether the card quotes its recipe's measurement as it was, not as the committed file has it now."""
+    from deployments.fast_tier.recipe import load_recipe
+
+    section, recipe = card.get("recipe"), load_recipe()
+    if not isinstance(section, dict) or recipe is None or section.get("measured_model") != recipe.model:
+        return False  # none, or another recipe's: not this file's to refresh
+    return section != recipe.card_section()
 
 
 def _dev_notes_for_calibration(model_dir: Path, data_dir: Path | None) -> tuple[list[str], Path | None]:
@@ -176,13 +198,19 @@ def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
     """Add what a model built by an earlier version lacks, without retraining: the tagger's
     energy outputs and the current graph attention (re-export from the saved weights), the
     router's OOD statistics (fitted on the training notes listed in its model card) and the
-    confidence calibration (fitted on its dev notes). A no-op for current models. Without the dev
-    notes on this machine the model runs uncalibrated and the engine says so."""
+    confidence calibration (fitted on its dev notes); and brings its card up to date: dev scores
+    measured at another span floor than the engine's default are measured again, and a quoted
+    recipe measurement that the committed recipe has since replaced is replaced. A no-op for
+    current models. Without the dev notes on this machine the model runs uncalibrated and the
+    engine says so."""
     manifest = ModelManifest.model_validate_json((model_dir / MANIFEST_NAME).read_text())
     needs_export = _export_outdated(manifest) and (model_dir / "pytorch" / "tagger").is_dir()
     needs_ood = not (model_dir / OOD_FILE).exists() and (model_dir / CARD_NAME).exists()
     dev_names, dev_dir = _dev_notes_for_calibration(model_dir, data_dir)
     needs_cal = not (model_dir / CALIBRATION_FILE).exists() and bool(dev_names)
+    card = _card(model_dir)
+    needs_scores = _scores_outdated(card) and bool(dev_names) and dev_dir is not None
+    needs_recipe = _recipe_section_outdated(card)
     if needs_cal and dev_dir is None:
         log.warning(
             "%s has no confidence calibration and its dev notes are not here: confidences stay raw "
@@ -190,20 +218,19 @@ def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
             model_dir,
         )
         needs_cal = False
-    if not (needs_export or needs_ood or needs_cal):
+    if not (needs_export or needs_ood or needs_cal or needs_scores or needs_recipe):
         return
     with open(model_dir.parent / f"{model_dir.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         manifest = ModelManifest.model_validate_json((model_dir / MANIFEST_NAME).read_text())
         export = _export_outdated(manifest) and (model_dir / "pytorch" / "tagger").is_dir()
-        # read once for both steps that score on them: the card's re-scoring and the calibration
-        dev_docs = _notes(dev_dir, dev_names) if export or needs_cal else []
+        # read once for the steps that score on them: the card's re-scoring and the calibration
+        dev_docs = _notes(dev_dir, dev_names) if export or needs_cal or needs_scores else []
         if export:
             from deployments.fast_tier.training.export import reexport
 
             log.warning("re-exporting %s from its saved weights with the current export recipe (once)", model_dir)
             reexport(model_dir)
-            _rescore_card(model_dir, dev_docs)
             # the calibration maps were fitted on the old int8 files' outputs
             needs_cal = needs_cal or bool(dev_docs)
             _refresh_transferred_calibration(model_dir)
@@ -220,6 +247,17 @@ def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
 
             log.warning("fitting confidence calibration for %s on %d dev notes (once)", model_dir, len(dev_docs))
             calibrate_model(model_dir, dev_docs, f"dev split of {dev_dir}")
+        # last: the scores describe the files and maps that serve, and the span floor applies to
+        # calibrated confidences
+        if dev_docs and (export or _scores_outdated(_card(model_dir))):
+            log.warning("scoring %s on its dev notes again, as the engine now answers (once)", model_dir)
+            _rescore_card(model_dir, dev_docs)
+        if _recipe_section_outdated(_card(model_dir)):  # the committed recipe was measured again
+            from deployments.fast_tier.recipe import load_recipe
+
+            updated = _card(model_dir)
+            updated["recipe"] = load_recipe().card_section()  # type: ignore[union-attr]
+            (model_dir / CARD_NAME).write_text(json.dumps(updated, indent=2))
 
 
 def resolve_model_dir(explicit: str | Path | None = None, held_out: bool = False) -> Path:

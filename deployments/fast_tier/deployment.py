@@ -18,7 +18,7 @@ from pathlib import Path
 from ray import serve
 
 from clinie.analysis import NoteAnalysis
-from deployments.fast_tier.config import EngineConfig
+from deployments.fast_tier.config import EngineConfig, SpanFloor
 from deployments.fast_tier.engine import FastTierEngine
 from deployments.priority import lower_priority
 
@@ -38,9 +38,15 @@ class FastTierDeployment:
         batch_wait_timeout_s: float = 0.005,
         threads: int = 0,
         nice: int = 0,
+        span_floor: dict[str, float] | None = None,
     ):
         lower_priority(nice)  # first: a starting replica's model load and warm-up yield too
-        cfg = EngineConfig(model_dir=Path(model_dir), precision=precision, intra_op_threads=threads)  # type: ignore[arg-type]
+        cfg = EngineConfig(
+            model_dir=Path(model_dir),
+            precision=precision,  # type: ignore[arg-type]
+            intra_op_threads=threads,
+            span_floor=SpanFloor.model_validate(span_floor or {}),
+        )
         self.engine = FastTierEngine(cfg)
         # One pass before serving: a replica's first ONNX runs are several times slower (memory
         # arenas, kernels), and the ingress measures capacity from the passes it sees.

@@ -236,10 +236,14 @@ class FastTierEngine:
         pairs = enumerate(zip(notes, encoded, strict=True))
         analyses = [self._analysis(nid, text, enc, tags, n) for n, ((nid, text), enc) in pairs]
         if self.calibration is not None:
+            floor = self.cfg.span_floor
             for a in analyses:
                 self._calibrate_spans(a.entities, "entity")
                 self._calibrate_spans(a.modifiers, "modifier")
                 a.calibrated = True
+                # before relations: a span not reported takes no pair with it (config.SpanFloor)
+                a.entities = [s for s in a.entities if s.confidence >= floor.entity]
+                a.modifiers = [s for s in a.modifiers if s.confidence >= floor.modifier]
         if relations and tags.states is not None:
             self._span_pair_relations(analyses, tags.states)
         elif relations:

@@ -14,7 +14,7 @@ import pytest
 
 from clinie.brat import read_corpus
 from clinie.schema import NoteError, NoteResult, is_allowed_pair
-from deployments.fast_tier.config import EngineConfig
+from deployments.fast_tier.config import EngineConfig, SpanFloor
 from deployments.fast_tier.engine import FastTierEngine
 from router import compute_signals
 
@@ -85,6 +85,44 @@ def test_training_fits_and_the_engine_applies_confidence_calibration(model_dir: 
     assert [e.confidence for e in result.entities] == [round(s.confidence, 4) for s in a.entities]
     # the router's span signal reads the confidences the result reports
     assert compute_signals(a).note["min_span_confidence"] == round(min(s.confidence for s, _ in spans), 4)
+
+
+def test_spans_under_the_floor_are_not_reported_nor_their_relations(model_dir: Path, train_dir: Path):
+    """SpanFloor: an engine reports exactly the calibrated spans at or above its floor, and the
+    relations among them with the same confidences; 0 reports every decoded span; raw scores
+    (no calibration) are not floored."""
+    notes = [(d.name, d.text) for d in read_corpus(train_dir)[:4]]
+
+    def engine(floor: SpanFloor, calibrate: bool = True) -> FastTierEngine:
+        return FastTierEngine(EngineConfig(model_dir=model_dir, span_floor=floor, calibrate=calibrate))
+
+    floor = SpanFloor(entity=0.5, modifier=0.3)
+    everything = engine(SpanFloor(entity=0, modifier=0)).analyze(notes)
+    floored = engine(floor).analyze(notes)
+
+    def spans(spans_, least: float = 0.0) -> list[tuple[str, int, int, float]]:
+        return [(s.label, s.start, s.end, s.confidence) for s in spans_ if s.confidence >= least]
+
+    def relations(a, least_entity: float = 0.0, least_modifier: float = 0.0) -> dict[tuple, float]:
+        out = {}
+        for e, m, p in a.relations:
+            ent, mod = a.entities[e], a.modifiers[m]
+            if ent.confidence >= least_entity and mod.confidence >= least_modifier:
+                out[(ent.start, ent.end, mod.start, mod.end)] = p
+        return out
+
+    dropped = {"entities": 0, "modifiers": 0}
+    for a, b in zip(everything, floored, strict=True):
+        assert spans(b.entities) == spans(a.entities, floor.entity)
+        assert spans(b.modifiers) == spans(a.modifiers, floor.modifier)
+        assert relations(b) == pytest.approx(relations(a, floor.entity, floor.modifier))
+        dropped["entities"] += len(a.entities) - len(b.entities)
+        dropped["modifiers"] += len(a.modifiers) - len(b.modifiers)
+        (result,) = engine(floor).extract([(a.note_id, a.text)])
+        assert isinstance(result, NoteResult) and len(result.entities) == len(b.entities)
+    assert dropped["entities"] and dropped["modifiers"], dropped  # the tiny model is unsure of some of each
+    raw = engine(floor, calibrate=False).analyze(notes)
+    assert [len(a.entities) for a in raw] == [len(a.entities) for a in everything]
 
 
 def test_cli_extract_then_evaluate_shows_learning(model_dir: Path, train_dir: Path, tmp_path: Path):
@@ -364,3 +402,46 @@ def test_a_model_trained_on_every_note_serves_its_recipes_measurement(
     assert other_card["training"]["tagger_steps"] > held_card["training"]["tagger_steps"]  # epochs of all 6
     assert other_card["confidence_calibration"]["status"] == "uncalibrated"
     assert "seed" in other_card["confidence_calibration"]["reason"]
+
+
+def test_a_card_scored_at_another_span_floor_or_quoting_an_old_recipe_is_brought_up_to_date(
+    model_dir: Path, train_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """`upgrade_model` scores a card's dev notes again when they were scored at another span floor
+    than the engine's default (or before floors existed), and replaces a quoted measurement of the
+    committed recipe that the file has since replaced; a current card is left alone."""
+    import shutil
+
+    from deployments.fast_tier import default, recipe
+    from deployments.fast_tier.training.train import evaluate_dir
+
+    old = tmp_path / "old"
+    shutil.copytree(model_dir, old)
+    card_path = old / "model_card.json"
+    card = json.loads(card_path.read_text())
+    assert card["dev_scores_span_floor"] == SpanFloor().model_dump()  # as `train` writes it
+    dev_docs = [d for d in read_corpus(train_dir) if d.name in set(card["data"]["dev_notes"])]
+    want = json.loads(json.dumps(evaluate_dir(old, dev_docs, "int8")))
+
+    # a card of before the floor: the scores of every decoded span, and no floor named
+    del card["dev_scores_span_floor"]
+    card["dev_scores_int8"] = json.loads(json.dumps(evaluate_dir(old, dev_docs, "int8") | {"stale": True}))
+    # quoting the committed recipe as it was measured once (another score), beside a stand-in recipe
+    committed = recipe.Recipe.model_validate_json(recipe.RECIPE_FILE.read_text())
+    stand_in = committed.model_copy(update={"model": "clinie-fast@standin"})
+    card["recipe"] = stand_in.card_section() | {"dev_scores_int8": {"strict_entities_f1": 0.1}}
+    card_path.write_text(json.dumps(card))
+    monkeypatch.setattr(recipe, "load_recipe", lambda path=None: stand_in)
+
+    default.upgrade_model(old, train_dir)
+    card = json.loads(card_path.read_text())
+    assert card["dev_scores_span_floor"] == SpanFloor().model_dump()
+    assert card["dev_scores_int8"] == want
+    assert card["recipe"] == stand_in.card_section()
+
+    # another recipe's measurement is not this file's to replace; a current card stays as it is
+    card["recipe"] = {"measured_model": "clinie-fast@other", "dev_scores_int8": {}}
+    card_path.write_text(json.dumps(card))
+    before = card_path.read_text()
+    default.upgrade_model(old, train_dir)
+    assert card_path.read_text() == before

@@ -21,7 +21,7 @@ from clinie.calibration import (
     reliability_bins,
 )
 from deployments.fast_tier import features as F
-from deployments.fast_tier.config import MANIFEST_NAME, EngineConfig, ModelManifest, embedded_encoder_dir
+from deployments.fast_tier.config import MANIFEST_NAME, EngineConfig, ModelManifest, SpanFloor, embedded_encoder_dir
 from deployments.fast_tier.engine import FastTierEngine
 from deployments.fast_tier.training.calibrate import MIN_SAMPLES, NoteScores, cross_fit, fit_calibration, label_note
 from router.signals import compute_signals
@@ -272,7 +272,8 @@ def test_engine_reports_calibrated_confidences_and_signals_read_them(model_dir: 
     assert [r.confidence for r in raw.relations] == [pytest.approx(0.9)]
 
     _calibration().save(model_dir / CALIBRATION_FILE)
-    engine = FastTierEngine(EngineConfig(model_dir=model_dir), backends=_backends(model_dir))
+    every_span = SpanFloor(entity=0, modifier=0)
+    engine = FastTierEngine(EngineConfig(model_dir=model_dir, span_floor=every_span), backends=_backends(model_dir))
     assert engine.calibration_status.startswith("calibrated")
     (a,) = engine.analyze([("n", TEXT)])
     (res,) = engine.extract([("n", TEXT)])
@@ -280,7 +281,8 @@ def test_engine_reports_calibrated_confidences_and_signals_read_them(model_dir: 
     assert [e.confidence for e in res.entities] == [pytest.approx(0.35, abs=1e-4)]
     assert [m.confidence for m in res.modifiers] == [pytest.approx(mod_conf, abs=1e-4)]
     assert [r.confidence for r in res.relations] == [pytest.approx(0.52, abs=1e-4)]
-    # Same spans and relations as uncalibrated: calibration changes confidences, never decisions.
+    # Same spans and relations as uncalibrated: calibration changes confidences, never decisions
+    # (with no span floor: below).
     assert [(e.start, e.end) for e in res.entities] == [(e.start, e.end) for e in raw.entities]
     assert len(res.relations) == len(raw.relations)
     # The raw score stays available; the relation decision and margin keep the raw probability.
@@ -294,6 +296,14 @@ def test_engine_reports_calibrated_confidences_and_signals_read_them(model_dir: 
     off = FastTierEngine(EngineConfig(model_dir=model_dir, calibrate=False), backends=_backends(model_dir))
     (res_off,) = off.extract([("n", TEXT)])
     assert res_off.entities[0].confidence == pytest.approx(0.7) and "switched off" in off.calibration_status
+
+    # The default span floor (entities at 0.40) does not report the entity calibrated to 0.35, nor
+    # its relation; the modifier stays (no modifier floor by default).
+    floored = FastTierEngine(EngineConfig(model_dir=model_dir), backends=_backends(model_dir))
+    (res_floored,) = floored.extract([("n", TEXT)])
+    assert SpanFloor().entity > 0.35
+    assert res_floored.entities == [] and res_floored.relations == []
+    assert [m.text for m in res_floored.modifiers] == ["denies"]
 
 
 def test_engine_refuses_a_broken_calibration_file(model_dir: Path):

@@ -603,7 +603,7 @@ def train(cfg: TrainConfig) -> Path:
     if recipe is not None:
         card["recipe"] = recipe
     if split.dev:
-        card["dev_scores_int8"] = evaluate_dir(staging, split.dev, "int8")
+        score_card(card, staging, split.dev)
     (staging / CARD_NAME).write_text(json.dumps(card, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
@@ -630,6 +630,16 @@ def fit_ood(model_dir: Path, train_docs: Sequence[Document]) -> OODStats:
     stats = OODStats.fit(np.stack([a.embedding for a in analyses]))
     stats.save(model_dir / OOD_FILE)
     return stats
+
+
+def score_card(card: dict[str, object], model_dir: Path, dev_docs: Sequence[Document]) -> None:
+    """Put the model's int8 dev scores in its `card`, with the span floor they were measured at
+    (the engine's default: a card measured at another floor is scored again on first use,
+    default.upgrade_model)."""
+    from deployments.fast_tier.config import SpanFloor
+
+    card["dev_scores_int8"] = evaluate_dir(model_dir, dev_docs, "int8")
+    card["dev_scores_span_floor"] = SpanFloor().model_dump()
 
 
 def evaluate_dir(model_dir: Path, docs: Sequence[Document], precision: str) -> dict[str, object]:
