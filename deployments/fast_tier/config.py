@@ -191,8 +191,8 @@ class SpanFloor(BaseModel):
     be right costs more precision than it brings recall. The entity default is half the recipe's
     strict dev F1 (0.79), rounded to 0.05: a rule, not a value fitted to notes. Modifiers keep
     every span: a modifier is mostly worth its relation, which its own confidence does not price,
-    and the floor the same rule gives (0.35) moved relaxed relations by -0.4 to +0.7 points on
-    held-out models (README, "How the fast tier works"). Applied only to calibrated confidences
+    and the floor the same rule gives (0.35) moved relaxed relations by -0.4 to +0.1 points on
+    held-out models (README, "The span floor"). Applied only to calibrated confidences
     (raw scores are not probabilities); 0 reports every decoded span.
     """
 
