@@ -319,9 +319,9 @@ def _add_extract(sub: Any) -> None:
     e.add_argument("--batch-size", type=int, default=16, help="Windows per model call.")
     e.add_argument(
         "--span-floor",
-        metavar="ENTITY[,MODIFIER]",
-        help="Calibrated confidence below which a span is not reported: 0 reports every decoded span "
-        "(default: the engine's SpanFloor, half the recipe's strict dev F1 for entities).",
+        metavar="FLOOR|ENTITY,MODIFIER",
+        help="Calibrated confidence below which a span is not reported: one number for both kinds (0 reports "
+        "every decoded span) or one for each (default: 0.4,0 — half the recipe's strict entity F1; modifiers all).",
     )
     e.add_argument("--llm-model", help="LLM tier model: checkpoint dir or hub id (default: embedded SmolLM2).")
     e.add_argument("--llm-lora", help="LoRA adapter folder (from `clinie train-llm`) served with the LLM.")
