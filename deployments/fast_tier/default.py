@@ -153,14 +153,21 @@ def _scores_outdated(card: dict) -> bool:
     return bool(card.get("dev_scores_int8")) and card.get("dev_scores_span_floor") != SpanFloor().model_dump()
 
 
-def _recipe_section_outdated(card: dict) -> bool:
-    """Whether the card quotes its recipe's measurement as it was, not as the committed file has it now."""
+def _transferred_recipe_outdated(model_dir: Path) -> bool:
+    """Whether a model calibrated through the committed recipe (`transferred_from`) holds the
+    recipe's maps, or quotes its scores, as they were, not as the file has them now (the recipe was
+    measured again). Other models quote no recipe of their own to refresh."""
+    from clinie.calibration import ConfidenceCalibration
     from deployments.fast_tier.recipe import load_recipe
 
-    section, recipe = card.get("recipe"), load_recipe()
-    if not isinstance(section, dict) or recipe is None or section.get("measured_model") != recipe.model:
-        return False  # none, or another recipe's: not this file's to refresh
-    return section != recipe.card_section()
+    path, recipe = model_dir / CALIBRATION_FILE, load_recipe()
+    if recipe is None or not path.exists():
+        return False
+    cal = ConfidenceCalibration.load(path)
+    if cal.transferred_from != recipe.model:
+        return False
+    current = recipe.calibration_for(cal.model).model_dump(mode="json")
+    return cal.model_dump(mode="json") != current or _card(model_dir).get("recipe") != recipe.card_section()
 
 
 def _dev_notes_for_calibration(model_dir: Path, data_dir: Path | None) -> tuple[list[str], Path | None]:
@@ -174,8 +181,8 @@ def _dev_notes_for_calibration(model_dir: Path, data_dir: Path | None) -> tuple[
 
 def _refresh_transferred_calibration(model_dir: Path) -> None:
     """A model trained on every note is calibrated through the committed recipe (`transferred_from`):
-    after a re-export it takes the recipe's maps and scores as they are now, which were measured
-    again when the export changed. Other models are left as they are."""
+    it takes the recipe's maps and scores together, as they are now, whenever the recipe was measured
+    again (after a re-export, or a new decoding default). Other models are left as they are."""
     from clinie.calibration import ConfidenceCalibration
     from deployments.fast_tier.recipe import load_recipe
 
@@ -199,10 +206,10 @@ def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
     energy outputs and the current graph attention (re-export from the saved weights), the
     router's OOD statistics (fitted on the training notes listed in its model card) and the
     confidence calibration (fitted on its dev notes); and brings its card up to date: dev scores
-    measured at another span floor than the engine's default are measured again, and a quoted
-    recipe measurement that the committed recipe has since replaced is replaced. A no-op for
-    current models. Without the dev notes on this machine the model runs uncalibrated and the
-    engine says so."""
+    measured at another span floor than the engine's default are measured again, and a model
+    calibrated through the committed recipe takes its maps and scores again when the recipe was
+    measured again. A no-op for current models. Without the dev notes on this machine the model
+    runs uncalibrated and the engine says so."""
     manifest = ModelManifest.model_validate_json((model_dir / MANIFEST_NAME).read_text())
     needs_export = _export_outdated(manifest) and (model_dir / "pytorch" / "tagger").is_dir()
     needs_ood = not (model_dir / OOD_FILE).exists() and (model_dir / CARD_NAME).exists()
@@ -210,7 +217,7 @@ def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
     needs_cal = not (model_dir / CALIBRATION_FILE).exists() and bool(dev_names)
     card = _card(model_dir)
     needs_scores = _scores_outdated(card) and bool(dev_names) and dev_dir is not None
-    needs_recipe = _recipe_section_outdated(card)
+    needs_recipe = _transferred_recipe_outdated(model_dir)
     if needs_cal and dev_dir is None:
         log.warning(
             "%s has no confidence calibration and its dev notes are not here: confidences stay raw "
@@ -233,7 +240,6 @@ def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
             reexport(model_dir)
             # the calibration maps were fitted on the old int8 files' outputs
             needs_cal = needs_cal or bool(dev_docs)
-            _refresh_transferred_calibration(model_dir)
         if not (model_dir / OOD_FILE).exists() and (model_dir / CARD_NAME).exists():
             from deployments.fast_tier.training.train import fit_ood
 
@@ -252,12 +258,8 @@ def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
         if dev_docs and (export or _scores_outdated(_card(model_dir))):
             log.warning("scoring %s on its dev notes again, as the engine now answers (once)", model_dir)
             _rescore_card(model_dir, dev_docs)
-        if _recipe_section_outdated(_card(model_dir)):  # the committed recipe was measured again
-            from deployments.fast_tier.recipe import load_recipe
-
-            updated = _card(model_dir)
-            updated["recipe"] = load_recipe().card_section()  # type: ignore[union-attr]
-            (model_dir / CARD_NAME).write_text(json.dumps(updated, indent=2))
+        if _transferred_recipe_outdated(model_dir):  # the committed recipe was measured again
+            _refresh_transferred_calibration(model_dir)
 
 
 def resolve_model_dir(explicit: str | Path | None = None, held_out: bool = False) -> Path:

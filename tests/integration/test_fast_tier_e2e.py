@@ -56,6 +56,10 @@ def test_artifacts_and_model_card(model_dir: Path):
     assert card["hyper_parameters"]["seed"] == 13
     assert "dev_scores_int8" in card and card["training"]["relation_candidates"] > 0
     assert card["training"]["relation_head"] == "span_pair" and card["training"]["relation_positive"] > 0
+    # the same tag on any machine, so the card says which numerics trained it (`bf16: auto`)
+    from deployments.fast_tier.training.train import native_bf16
+
+    assert card["hyper_parameters"]["bf16"] == "auto" and card["training"]["bf16_autocast"] == native_bf16()
     # The int8 variant is the smaller file: weights are stored as 8-bit integers.
     assert (model_dir / "tagger.int8.onnx").stat().st_size < 0.5 * (model_dir / "tagger.onnx").stat().st_size
 
@@ -396,6 +400,30 @@ def test_a_model_trained_on_every_note_serves_its_recipes_measurement(
     assert card["confidence_calibration"]["transferred_from"] == held_card["model"]
     assert ConfidenceCalibration.for_model(every, card["model"]) is not None
 
+    # measured again with the export unchanged (e.g. a new decoding default): the scores and the
+    # maps come together, on first use, and a current model is then left as it is
+    from clinie.calibration import CalibrationMap
+
+    entity_map = CalibrationMap.fit([0.2, 0.4, 0.6, 0.8], [0, 0, 1, 1], method="platt")
+    maps = {**remeasured.calibration.maps, "entity": entity_map}
+    again = remeasured.model_copy(
+        update={
+            "dev_scores_int8": {k: v / 3 for k, v in recipe.dev_scores_int8.items()},
+            "calibration": remeasured.calibration.model_copy(update={"maps": maps}),
+        }
+    )
+    recipe_file.write_text(again.model_dump_json())
+    default.upgrade_model(every, train_dir)
+    card = json.loads((every / "model_card.json").read_text())
+    assert card["recipe"] == again.card_section()
+    cal = ConfidenceCalibration.for_model(every, card["model"])
+    assert cal is not None and cal.transferred_from == held_card["model"]
+    assert cal.maps["entity"] == entity_map and cal.maps == maps
+    assert card["confidence_calibration"]["maps"]["entity"] == "platt"
+    before = {f: (every / f).read_bytes() for f in ("model_card.json", CALIBRATION_FILE)}
+    default.upgrade_model(every, train_dir)
+    assert {f: (every / f).read_bytes() for f in before} == before
+
     # another seed is another recipe: nothing transferred, and the card says why
     other_card = json.loads((other / "model_card.json").read_text())
     assert not (other / CALIBRATION_FILE).exists() and "recipe" not in other_card
@@ -404,15 +432,13 @@ def test_a_model_trained_on_every_note_serves_its_recipes_measurement(
     assert "seed" in other_card["confidence_calibration"]["reason"]
 
 
-def test_a_card_scored_at_another_span_floor_or_quoting_an_old_recipe_is_brought_up_to_date(
-    model_dir: Path, train_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
+def test_a_card_scored_at_another_span_floor_is_scored_again(model_dir: Path, train_dir: Path, tmp_path: Path):
     """`upgrade_model` scores a card's dev notes again when they were scored at another span floor
-    than the engine's default (or before floors existed), and replaces a quoted measurement of the
-    committed recipe that the file has since replaced; a current card is left alone."""
+    than the engine's default (or before floors existed); a current card is left alone, and a
+    quoted recipe measurement is not this model's to replace (its calibration is its own)."""
     import shutil
 
-    from deployments.fast_tier import default, recipe
+    from deployments.fast_tier import default
     from deployments.fast_tier.training.train import evaluate_dir
 
     old = tmp_path / "old"
@@ -426,20 +452,13 @@ def test_a_card_scored_at_another_span_floor_or_quoting_an_old_recipe_is_brought
     # a card of before the floor: the scores of every decoded span, and no floor named
     del card["dev_scores_span_floor"]
     card["dev_scores_int8"] = json.loads(json.dumps(evaluate_dir(old, dev_docs, "int8") | {"stale": True}))
-    # quoting the committed recipe as it was measured once (another score), beside a stand-in recipe
-    committed = recipe.Recipe.model_validate_json(recipe.RECIPE_FILE.read_text())
-    stand_in = committed.model_copy(update={"model": "clinie-fast@standin"})
-    card["recipe"] = stand_in.card_section() | {"dev_scores_int8": {"strict_entities_f1": 0.1}}
     card_path.write_text(json.dumps(card))
-    monkeypatch.setattr(recipe, "load_recipe", lambda path=None: stand_in)
 
     default.upgrade_model(old, train_dir)
     card = json.loads(card_path.read_text())
     assert card["dev_scores_span_floor"] == SpanFloor().model_dump()
     assert card["dev_scores_int8"] == want
-    assert card["recipe"] == stand_in.card_section()
 
-    # another recipe's measurement is not this file's to replace; a current card stays as it is
     card["recipe"] = {"measured_model": "clinie-fast@other", "dev_scores_int8": {}}
     card_path.write_text(json.dumps(card))
     before = card_path.read_text()

@@ -562,7 +562,10 @@ def _model_card(
             "reader_issues": _sum_issues(split.docs),
         },
         "hyper_parameters": cfg.model_dump(mode="json", exclude={"data_dir", "output_dir"}),
-        "training": models.card_section(train_seconds),
+        # the tag names the settings, not the machine: `bf16: auto` trains under bf16 autocast only
+        # where the CPU has native bf16, so the card says which numerics this build had
+        "training": models.card_section(train_seconds)
+        | {"bf16_autocast": cfg.bf16 == "on" or (cfg.bf16 == "auto" and native_bf16())},
     }
 
 
