@@ -22,11 +22,11 @@ import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import clinie
 from clinie.brat import Document, corpus_hash, read_corpus
-from clinie.calibration import CALIBRATION_FILE
+from clinie.calibration import CALIBRATION_FILE, ConfidenceCalibration
 from clinie.ood import OOD_FILE
 from clinie.paths import default_train_data, model_dir_override, models_home
 from deployments.fast_tier.config import (
@@ -38,6 +38,9 @@ from deployments.fast_tier.config import (
     SpanFloor,
     TrainConfig,
 )
+
+if TYPE_CHECKING:
+    from deployments.fast_tier.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -153,49 +156,42 @@ def _scores_outdated(card: dict) -> bool:
     return bool(card.get("dev_scores_int8")) and card.get("dev_scores_span_floor") != SpanFloor().model_dump()
 
 
-def _transferred_recipe_outdated(model_dir: Path) -> bool:
-    """Whether a model calibrated through the committed recipe (`transferred_from`) holds the
-    recipe's maps, or quotes its scores, as they were, not as the file has them now (the recipe was
-    measured again). Other models quote no recipe of their own to refresh."""
-    from clinie.calibration import ConfidenceCalibration
+def _outdated_transferred_recipe(model_dir: Path, card: dict) -> tuple[Recipe, ConfidenceCalibration] | None:
+    """The committed recipe and the model's calibration, when the model is calibrated through that
+    recipe (`transferred_from`: a model trained on every note) and holds its maps, or quotes its
+    scores, as they were, not as the file has them now (the recipe was measured again); else None.
+    Other models quote no recipe of their own to refresh."""
     from deployments.fast_tier.recipe import load_recipe
 
     path, recipe = model_dir / CALIBRATION_FILE, load_recipe()
     if recipe is None or not path.exists():
-        return False
+        return None
     cal = ConfidenceCalibration.load(path)
     if cal.transferred_from != recipe.model:
-        return False
+        return None
     current = recipe.calibration_for(cal.model).model_dump(mode="json")
-    return cal.model_dump(mode="json") != current or _card(model_dir).get("recipe") != recipe.card_section()
+    if cal.model_dump(mode="json") == current and card.get("recipe") == recipe.card_section():
+        return None
+    return recipe, cal
 
 
-def _dev_notes_for_calibration(model_dir: Path, data_dir: Path | None) -> tuple[list[str], Path | None]:
-    """The model card's dev notes and the folder they are in (None when it is not on this machine)."""
-    if not (model_dir / CARD_NAME).exists():
+def _dev_notes_for_calibration(card: dict, data_dir: Path | None) -> tuple[list[str], Path | None]:
+    """The model card's dev notes and the folder they are in (None when it is not on this machine,
+    or the model has no card)."""
+    if not card:
         return [], None
-    data = json.loads((model_dir / CARD_NAME).read_text()).get("data", {})
+    data = card.get("data", {})
     folder = data_dir or (Path(data["dir"]) if data.get("dir") else None)
     return list(data.get("dev_notes", [])), folder if folder is not None and folder.is_dir() else None
 
 
-def _refresh_transferred_calibration(model_dir: Path) -> None:
-    """A model trained on every note is calibrated through the committed recipe (`transferred_from`):
-    it takes the recipe's maps and scores together, as they are now, whenever the recipe was measured
-    again (after a re-export, or a new decoding default). Other models are left as they are."""
-    from clinie.calibration import ConfidenceCalibration
-    from deployments.fast_tier.recipe import load_recipe
-
-    path = model_dir / CALIBRATION_FILE
-    recipe = load_recipe()
-    if recipe is None or not path.exists():
-        return
-    cal = ConfidenceCalibration.load(path)
-    if cal.transferred_from != recipe.model:
-        return
+def _refresh_transferred_calibration(model_dir: Path, recipe: Recipe, cal: ConfidenceCalibration) -> None:
+    """Give a model calibrated through the committed `recipe` (`_outdated_transferred_recipe`) the
+    recipe's maps and scores together, as they are now (measured again after a re-export, or a new
+    decoding default)."""
     from deployments.fast_tier.training.calibrate import transfer_calibration
 
-    card = json.loads((model_dir / CARD_NAME).read_text())
+    card = _card(model_dir)
     card["confidence_calibration"] = transfer_calibration(recipe, model_dir, cal.model)
     card["recipe"] = recipe.card_section()
     (model_dir / CARD_NAME).write_text(json.dumps(card, indent=2))
@@ -213,11 +209,11 @@ def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
     manifest = ModelManifest.model_validate_json((model_dir / MANIFEST_NAME).read_text())
     needs_export = _export_outdated(manifest) and (model_dir / "pytorch" / "tagger").is_dir()
     needs_ood = not (model_dir / OOD_FILE).exists() and (model_dir / CARD_NAME).exists()
-    dev_names, dev_dir = _dev_notes_for_calibration(model_dir, data_dir)
-    needs_cal = not (model_dir / CALIBRATION_FILE).exists() and bool(dev_names)
     card = _card(model_dir)
+    dev_names, dev_dir = _dev_notes_for_calibration(card, data_dir)
+    needs_cal = not (model_dir / CALIBRATION_FILE).exists() and bool(dev_names)
     needs_scores = _scores_outdated(card) and bool(dev_names) and dev_dir is not None
-    needs_recipe = _transferred_recipe_outdated(model_dir)
+    needs_recipe = _outdated_transferred_recipe(model_dir, card) is not None
     if needs_cal and dev_dir is None:
         log.warning(
             "%s has no confidence calibration and its dev notes are not here: confidences stay raw "
@@ -258,8 +254,9 @@ def upgrade_model(model_dir: Path, data_dir: Path | None = None) -> None:
         if dev_docs and (export or _scores_outdated(_card(model_dir))):
             log.warning("scoring %s on its dev notes again, as the engine now answers (once)", model_dir)
             _rescore_card(model_dir, dev_docs)
-        if _transferred_recipe_outdated(model_dir):  # the committed recipe was measured again
-            _refresh_transferred_calibration(model_dir)
+        stale = _outdated_transferred_recipe(model_dir, _card(model_dir))  # the recipe was measured again
+        if stale is not None:
+            _refresh_transferred_calibration(model_dir, *stale)
 
 
 def resolve_model_dir(explicit: str | Path | None = None, held_out: bool = False) -> Path:

@@ -33,6 +33,7 @@ from deployments.fast_tier.config import (
     MANIFEST_NAME,
     QUANT_RECIPE,
     ModelManifest,
+    SpanFloor,
     TrainConfig,
     embedded_encoder_dir,
 )
@@ -177,11 +178,12 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def uses_bf16(cfg: TrainConfig) -> bool:
-    """Whether training runs under bf16 autocast; warns where `bf16: on` asks for it on a CPU that
-    has no native bf16 (emulated, a step took 20x the fp32 one: benchmarks/train_step.py)."""
+def uses_bf16(cfg: TrainConfig, warn: bool = True) -> bool:
+    """Whether training runs under bf16 autocast; warns (unless `warn` is off) where `bf16: on` asks
+    for it on a CPU that has no native bf16 (emulated, a step took 20x the fp32 one:
+    benchmarks/train_step.py)."""
     native = native_bf16()
-    if cfg.bf16 == "on" and not native:
+    if warn and cfg.bf16 == "on" and not native:
         log.warning(
             "bf16: on, but this CPU has no native bf16 (avx512_bf16 / AMX): training steps will be many "
             "times slower than in fp32 (20x measured on an AVX2 CPU); bf16: auto uses it only where it pays"
@@ -564,8 +566,7 @@ def _model_card(
         "hyper_parameters": cfg.model_dump(mode="json", exclude={"data_dir", "output_dir"}),
         # the tag names the settings, not the machine: `bf16: auto` trains under bf16 autocast only
         # where the CPU has native bf16, so the card says which numerics this build had
-        "training": models.card_section(train_seconds)
-        | {"bf16_autocast": cfg.bf16 == "on" or (cfg.bf16 == "auto" and native_bf16())},
+        "training": models.card_section(train_seconds) | {"bf16_autocast": uses_bf16(cfg, warn=False)},
     }
 
 
@@ -639,8 +640,6 @@ def score_card(card: dict[str, object], model_dir: Path, dev_docs: Sequence[Docu
     """Put the model's int8 dev scores in its `card`, with the span floor they were measured at
     (the engine's default: a card measured at another floor is scored again on first use,
     default.upgrade_model)."""
-    from deployments.fast_tier.config import SpanFloor
-
     card["dev_scores_int8"] = evaluate_dir(model_dir, dev_docs, "int8")
     card["dev_scores_span_floor"] = SpanFloor().model_dump()
 
